@@ -1,0 +1,55 @@
+"""POST /api/v1/bundles: stream a bundle to disk, then verify and import it off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import Request, Response, post
+
+from shepherd.api.security import OPERATOR, actor
+from shepherd.appliance import Appliance
+from shepherd.errors import InvalidInput, PayloadTooLarge
+from shepherd.store.registry import VersionRecord
+
+FLUSH = 1024 * 1024
+
+
+class ImportResult(msgspec.Struct, kw_only=True):
+    created: bool
+    """False when an identical bundle had already been imported (idempotent re-import)."""
+    version: VersionRecord
+
+
+@post("/api/v1/bundles", opt=OPERATOR, request_max_body_size=None, tags=["registry"])
+async def import_bundle(request: Request) -> Response[ImportResult]:
+    """Import a bundle sent as the raw request body (application/x-tar). 201 when a new version is registered, 200 when it already was."""
+    app: Appliance = request.app.state.appliance
+    limit = app.importer.limits.max_bundle_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"bundle is {declared} bytes; the limit (bundles.max_bundle_bytes) is {limit}", field="bundle")
+    path = app.importer.new_upload_path()
+    loop = asyncio.get_running_loop()
+    f = await loop.run_in_executor(None, open, path, "wb")
+    try:
+        total, buf = 0, bytearray()
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"bundle exceeds the limit (bundles.max_bundle_bytes) of {limit} bytes", field="bundle")
+            buf += chunk
+            if len(buf) >= FLUSH:
+                await loop.run_in_executor(None, f.write, bytes(buf))
+                buf.clear()
+        if buf:
+            await loop.run_in_executor(None, f.write, bytes(buf))
+        await loop.run_in_executor(None, f.close)
+        if total == 0:
+            raise InvalidInput("empty request body: send the bundle file as the body", field="bundle")
+        who = actor(request)
+        record, created = await loop.run_in_executor(None, lambda: app.importer.import_file(path, actor=who))
+    finally:
+        f.close()
+        path.unlink(missing_ok=True)
+    return Response(ImportResult(created=created, version=record), status_code=201 if created else 200)

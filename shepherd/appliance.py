@@ -1,0 +1,43 @@
+"""The long-lived resources of one Shepherd process, opened and closed together."""
+
+from __future__ import annotations
+
+import structlog
+
+from shepherd.auth import Authenticator
+from shepherd.bundles.importer import Importer, recover
+from shepherd.config import Config
+from shepherd.store.blobs import BlobStore
+from shepherd.store.schema import MIGRATIONS
+from shepherd.store.sqlite import Database
+
+log = structlog.get_logger()
+
+
+def open_database(config: Config) -> Database:
+    """The metadata database of `config`'s data directory, migrated to the current schema."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(config.data_dir / "shepherd.sqlite", MIGRATIONS, readers=config.storage.sqlite_readers)
+
+
+class Appliance:
+    """Stores, importer and authenticator for one data directory."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db = open_database(config)
+        self.blobs = BlobStore(config.data_dir / "blobs")
+        self.importer = Importer(config, self.db, self.blobs)
+        self.auth = Authenticator(self.db, config.auth.token_cache_seconds)
+        self.ready = False
+
+    def start(self) -> None:
+        """Recover from any crash, then mark the appliance ready for traffic."""
+        recover(self.db, self.blobs, self.importer.tmp)
+        self.ready = True
+        log.info("appliance_ready", data_dir=str(self.config.data_dir))
+
+    def close(self) -> None:
+        self.ready = False
+        self.db.close()
+        log.info("appliance_stopped")

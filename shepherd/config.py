@@ -1,0 +1,169 @@
+"""msgspec Structs for shepherd.toml; load, validate and explain errors by key, value and reason.
+
+Each field's attribute docstring is the user documentation of that setting; a test checks that
+every field is present and commented in `configs/shepherd.toml`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from shepherd.errors import ConfigError
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config section: unknown keys are an error, never ignored."""
+
+
+class ServerConfig(Section, kw_only=True):
+    host: str = "127.0.0.1"
+    """Address the HTTP API binds to. Keep it on loopback unless a reverse proxy fronts it."""
+    port: Port = 8080
+    """TCP port of the HTTP API."""
+    max_request_bytes: PositiveInt = 10 * 1024 * 1024
+    """Largest JSON request body accepted, in bytes (bundle uploads use bundles.max_bundle_bytes)."""
+
+
+class StorageConfig(Section, kw_only=True):
+    data_dir: str = "shepherd-data"
+    """Directory holding every store: registry.sqlite, blobs/, tmp/. Relative paths resolve against the config file's directory."""
+    sqlite_readers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    """Number of read-only SQLite connections in the reader pool."""
+
+
+class BundlesConfig(Section, kw_only=True):
+    require_signature: bool = True
+    """Refuse bundles without a valid Ed25519 signature from a trusted key. Set false only on a lab box."""
+    trusted_keys_dir: str = "trusted_keys"
+    """Directory of trusted public keys (*.pub, PEM). Relative paths resolve against the config file's directory."""
+    max_bundle_bytes: PositiveInt = 4 * 1024**3
+    """Largest bundle file accepted for import, in bytes."""
+    max_member_bytes: PositiveInt = 2 * 1024**3
+    """Largest single file inside a bundle, in bytes."""
+    max_members: Annotated[int, msgspec.Meta(ge=3, le=10_000)] = 64
+    """Most files a bundle may contain (manifest and signature included)."""
+
+
+class AuthConfig(Section, kw_only=True):
+    token_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 2.0
+    """How long a verified token is trusted before it is checked against the store again; bounds how fast a revocation made by another process takes effect."""
+
+
+class LoggingConfig(Section, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest log level written."""
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: JSON when stderr is not a terminal (journald), coloured console otherwise."""
+
+
+class Config(Section, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    """HTTP server."""
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    """Where and how state is stored."""
+    bundles: BundlesConfig = msgspec.field(default_factory=BundlesConfig)
+    """Offline bundle import: signatures and size limits."""
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    """API tokens."""
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    """Structured logging."""
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+
+_PATH_FIELDS = (("storage", "data_dir"), ("bundles", "trusted_keys_dir"))
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Make every path setting absolute, relative ones taken against `base`."""
+    for section, name in _PATH_FIELDS:
+        sec = getattr(cfg, section)
+        value = Path(getattr(sec, name)).expanduser()
+        if not value.is_absolute():
+            value = (base / value).resolve()
+        setattr(sec, name, str(value))
+    return cfg
+
+
+def _lookup(raw: Any, dotted: list[str]) -> tuple[bool, Any]:
+    node = raw
+    for part in dotted:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def explain(err: msgspec.ValidationError, raw: Any, source: str) -> ConfigError:
+    """Turn a msgspec error into one that names the key, the value and the reason."""
+    text = str(err)
+    reason, _, where = text.partition(" - at `")
+    path = where.rstrip("`").removeprefix("$")
+    parts = [p for p in re.split(r"\.|\[|\]", path) if p]
+    unknown = re.match(r"Object contains unknown field `(.+)`", reason)
+    if unknown:
+        parts.append(unknown.group(1))
+        reason = "unknown setting"
+    key = ".".join(parts) or "(top level)"
+    found, value = _lookup(raw, parts)
+    shown = f" = {value!r}" if found else ""
+    return ConfigError(f"{source}: {key}{shown}: {reason}", field=key)
+
+
+def parse(raw: dict[str, Any], *, source: str = "config", base: Path | None = None) -> Config:
+    """Validate a decoded TOML document into a Config, resolving relative paths against `base`."""
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as err:
+        raise explain(err, raw, source) from None
+    return _resolve_paths(cfg, base or Path.cwd())
+
+
+def load(path: str | Path | None) -> Config:
+    """Load and validate a config file, or the embedded defaults when `path` is None."""
+    if path is None:
+        return parse({}, source="defaults")
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    return parse(raw, source=str(p), base=p.resolve().parent)
+
+
+def field_docs(struct: type[msgspec.Struct] = Config, prefix: str = "") -> dict[str, str]:
+    """Every setting's dotted key mapped to its attribute docstring, read from this module's source."""
+    tree = ast.parse(inspect.getsource(struct))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else ""
+            docs[prefix + node.target.id] = doc
+    out: dict[str, str] = {}
+    hints = struct.__annotations__
+    for name, doc in docs.items():
+        field = name.removeprefix(prefix)
+        sub = globals().get(str(hints.get(field, "")))
+        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
+            out.update(field_docs(sub, prefix=f"{name}."))
+        else:
+            out[name] = doc
+    return out

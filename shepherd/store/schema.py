@@ -1,0 +1,101 @@
+"""Migrations of the metadata database (`shepherd.sqlite`), applied in order, keyed on user_version."""
+
+MIGRATIONS: list[str] = [
+    # 1: registry, aliases with history, tags, audit log, tokens
+    """
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE versions (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        bundle_digest TEXT NOT NULL,
+        signed_by TEXT,
+        description TEXT NOT NULL,
+        io_signature TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        lineage TEXT NOT NULL,
+        card TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        archived_at TEXT,
+        UNIQUE (model_id, version),
+        UNIQUE (model_id, bundle_digest)
+    );
+    CREATE TABLE version_files (
+        version_id INTEGER NOT NULL REFERENCES versions(id),
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (version_id, path)
+    );
+    CREATE INDEX version_files_sha ON version_files(sha256);
+    CREATE TABLE version_tags (
+        version_id INTEGER NOT NULL REFERENCES versions(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (version_id, key)
+    );
+    CREATE TABLE aliases (
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        alias TEXT NOT NULL,
+        version_id INTEGER NOT NULL REFERENCES versions(id),
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (model_id, alias)
+    );
+    CREATE TABLE alias_history (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        alias TEXT NOT NULL,
+        from_version INTEGER,
+        to_version INTEGER,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX alias_history_model ON alias_history(model_id, alias, id);
+
+    -- A version's content never changes: only archived_at may be updated, and nothing is deleted.
+    CREATE TRIGGER versions_immutable BEFORE UPDATE ON versions
+    WHEN NEW.id IS NOT OLD.id OR NEW.model_id IS NOT OLD.model_id OR NEW.version IS NOT OLD.version
+      OR NEW.created_at IS NOT OLD.created_at OR NEW.bundle_digest IS NOT OLD.bundle_digest
+      OR NEW.signed_by IS NOT OLD.signed_by OR NEW.description IS NOT OLD.description
+      OR NEW.io_signature IS NOT OLD.io_signature OR NEW.metrics IS NOT OLD.metrics
+      OR NEW.lineage IS NOT OLD.lineage OR NEW.card IS NOT OLD.card OR NEW.manifest IS NOT OLD.manifest
+    BEGIN SELECT RAISE(ABORT, 'model versions are immutable'); END;
+    CREATE TRIGGER versions_no_delete BEFORE DELETE ON versions
+    BEGIN SELECT RAISE(ABORT, 'model versions are immutable'); END;
+    CREATE TRIGGER version_files_immutable BEFORE UPDATE ON version_files
+    BEGIN SELECT RAISE(ABORT, 'model versions are immutable'); END;
+    CREATE TRIGGER version_files_no_delete BEFORE DELETE ON version_files
+    BEGIN SELECT RAISE(ABORT, 'model versions are immutable'); END;
+
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        before TEXT,
+        after TEXT
+    );
+    CREATE INDEX audit_action ON audit(action, id);
+    CREATE INDEX audit_target ON audit(target, id);
+    CREATE TRIGGER audit_append_only_u BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_append_only_d BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        secret_sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    """,
+]

@@ -1,0 +1,146 @@
+"""apsw connection handling: WAL, one writer thread fed with closures, a pool of readers, migrations.
+
+Modelled on datasette's `Database`: every write is a function run on the single writer thread
+inside one `BEGIN IMMEDIATE ... COMMIT`, so a multi-step change is all-or-nothing. Reads run on a
+pool of read-only connections. `synchronous=FULL` makes a committed transaction survive power loss
+in WAL mode (NORMAL would not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+import structlog
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _connect(path: Path, *, readonly: bool = False) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    conn = apsw.Connection(str(path), flags=flags)
+    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA foreign_keys=ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+    """Run a query and return its rows as dicts keyed by column name."""
+    cur = conn.execute(sql, params)
+    try:
+        names = [d[0] for d in cur.get_description()]
+    except apsw.ExecutionCompleteError:
+        return []
+    return [dict(zip(names, r)) for r in cur]
+
+
+def one(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
+    """Run a query and return its first row as a dict, or None."""
+    found = rows(conn, sql, params)
+    return found[0] if found else None
+
+
+def migrate(conn: apsw.Connection, migrations: Sequence[str]) -> int:
+    """Apply the migrations beyond `PRAGMA user_version`, each in its own transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(migrations):
+        raise RuntimeError(f"database schema version {current} is newer than this Shepherd ({len(migrations)})")
+    for number, script in enumerate(migrations[current:], start=current + 1):
+        with conn:
+            conn.execute(script)
+            conn.execute(f"PRAGMA user_version={number}")
+        log.info("schema_migrated", version=number)
+    return len(migrations)
+
+
+class Database:
+    """One SQLite file: a writer thread that runs closures in transactions, and a reader pool."""
+
+    def __init__(self, path: Path, migrations: Sequence[str], *, readers: int = 4) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(path)
+        migrate(self._writer, migrations)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[apsw.Connection], Any], concurrent.futures.Future] | None]
+        self._jobs = queue.SimpleQueue()
+        self._readers: queue.SimpleQueue[apsw.Connection] = queue.SimpleQueue()
+        self._reader_conns = [_connect(path, readonly=True) for _ in range(readers)]
+        for c in self._reader_conns:
+            self._readers.put(c)
+        self._thread = threading.Thread(target=self._run, name=f"sqlite-writer:{path.name}", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = self._writer
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            fn, fut = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except BaseException as err:  # handed to the caller
+                fut.set_exception(err)
+            else:
+                fut.set_result(result)
+
+    def submit(self, fn: Callable[[apsw.Connection], T]) -> concurrent.futures.Future[T]:
+        """Queue `fn(conn)` to run in one transaction on the writer thread."""
+        if self._closed:
+            raise RuntimeError("database is closed")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn(conn)` in one write transaction and wait for its result (or exception)."""
+        return self.submit(fn).result()
+
+    async def awrite(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Like `write`, awaited without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn(conn)` on a pooled read-only connection, in one read transaction."""
+        conn = self._readers.get()
+        try:
+            with conn:
+                return fn(conn)
+        finally:
+            self._readers.put(conn)
+
+    async def aread(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Like `read`, run in a worker thread so the event loop never waits on SQLite."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.read, fn)
+
+    def close(self) -> None:
+        """Finish queued writes, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join()
+        self._writer.close()
+        for c in self._reader_conns:
+            c.close()
