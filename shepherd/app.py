@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 
 import anyio
 import structlog
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from shepherd import __version__
 from shepherd.api import admin, bundles, health, models
-from shepherd.api.security import require_role
+from shepherd.api.security import PUBLIC, require_role
 from shepherd.appliance import Appliance
 from shepherd.config import Config
 from shepherd.errors import ShepherdError, Unauthenticated
@@ -83,6 +83,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
             version=__version__,
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            openapi_router=Router(path="/schema", route_handlers=[], opt=PUBLIC),
         ),
         debug=False,
     )

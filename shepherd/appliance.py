@@ -32,7 +32,9 @@ class Appliance:
         self.ready = False
 
     def start(self) -> None:
-        """Recover from any crash, then mark the appliance ready for traffic."""
+        """Recover from any crash, then mark the appliance ready for traffic (idempotent)."""
+        if self.ready:
+            return
         recover(self.db, self.blobs, self.importer.tmp)
         self.ready = True
         log.info("appliance_ready", data_dir=str(self.config.data_dir))

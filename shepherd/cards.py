@@ -53,7 +53,7 @@ def markdown(v: VersionRecord) -> str:
     """The card as GitHub-flavoured Markdown."""
     out = [f"# Model card: {v.model} v{v.version}\n"]
     if v.description:
-        out.append(v.description + "\n")
+        out.append(v.description + "\n\n")
     out.append(_table(_facts(v), md=True))
     for key, title in SECTIONS:
         if v.card.get(key):

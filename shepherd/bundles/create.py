@@ -93,6 +93,7 @@ def create(
                 _add(tar, SIGNATURE, msgspec.json.encode(signing.sign(manifest_bytes, key)))
             for name, data, path in sources:
                 _add(tar, name, data, path)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,435 @@
+"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, token, audit."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from shepherd import __version__, config as config_mod
+from shepherd.errors import ShepherdError
+
+PathArg = click.Path(path_type=Path)
+ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Print a ShepherdError as one line on stderr and exit 1, instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ShepherdError as err:
+            _fail(err.message)
+
+    return wrapper
+
+
+def _print_json(value: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _load_config(path: Path | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except ShepherdError as err:
+        _fail(err.message, 2)
+        raise  # unreachable
+
+
+config_option = click.option("--config", "config_path", type=PathArg, envvar="SHEPHERD_CONFIG", help="shepherd.toml to use (default: embedded defaults).")
+remote = [
+    click.option("--url", envvar="SHEPHERD_URL", default="http://127.0.0.1:8080", show_default=True, help="Base URL of the running server."),
+    click.option("--token", envvar="SHEPHERD_TOKEN", help="API token (or set SHEPHERD_TOKEN)."),
+    click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer."),
+]
+
+
+def remote_command(group: click.Group, name: str, **kw: Any) -> Callable:
+    """Declare a command that talks to the running server; it receives a `client` and `as_json`."""
+
+    def deco(fn: Callable) -> Callable:
+        @wraps(fn)
+        def wrapper(url: str, token: str | None, as_json: bool, **kwargs: Any) -> Any:
+            from shepherd.client import Client
+
+            return handle_errors(fn)(Client(url, token), as_json, **kwargs)
+
+        for opt in reversed(remote):
+            wrapper = opt(wrapper)
+        return group.command(name, **kw)(wrapper)
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shepherd")
+def main() -> None:
+    """Shepherd: registry, signed offline bundles and model serving for air-gapped servers."""
+    from shepherd import log
+
+    # Commands other than `serve` log warnings only, to stderr, so stdout stays clean for their output.
+    log.configure("warning", "console")
+
+
+# ---------------------------------------------------------------------------------------- serve
+@main.command()
+@config_option
+@click.option("--import", "imports", multiple=True, type=ExistingFile, help="Bundle to import before serving (repeatable; idempotent).")
+def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
+    """Start the appliance (HTTP API on server.host:server.port)."""
+    import uvicorn
+
+    from shepherd import log
+    from shepherd.app import create_app
+    from shepherd.appliance import Appliance
+
+    cfg = _load_config(config_path)
+    log.configure(cfg.logging.level, cfg.logging.format)
+    appliance = Appliance(cfg)
+    try:
+        appliance.start()
+        for bundle in imports:
+            try:
+                appliance.importer.import_file(bundle, actor=f"local:{getpass.getuser()}")
+            except ShepherdError as err:
+                _fail(f"{bundle}: {err.message}", 2)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(cfg, appliance=appliance),
+                host=cfg.server.host,
+                port=cfg.server.port,
+                loop="uvloop",
+                http="httptools",
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+            )
+        )
+        server.run()
+        if not server.started:
+            sys.exit(3)
+    finally:
+        appliance.close()
+
+
+@main.command("check-config")
+@click.argument("file", type=PathArg)
+def check_config(file: Path) -> None:
+    """Validate a config file exactly as `serve` would, without starting anything."""
+    cfg = _load_config(file)
+    click.echo(f"{file}: ok (data_dir={cfg.storage.data_dir}, listen={cfg.server.host}:{cfg.server.port})")
+
+
+# ------------------------------------------------------------------------------------------ keys
+@main.group()
+def keys() -> None:
+    """Ed25519 signing keys for bundles."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_dir", type=PathArg, default=Path("."), show_default=True, help="Directory to write NAME.key and NAME.pub into.")
+@click.option("--name", required=True, help="Key name (file stem).")
+@handle_errors
+def keys_generate(out_dir: Path, name: str) -> None:
+    """Write a new key pair: NAME.key (private, 0600; keep it off the appliance) and NAME.pub (copy it to trusted_keys_dir)."""
+    from shepherd.bundles import signing
+
+    priv, pub = signing.generate(out_dir, name)
+    key = signing.load_public(pub)
+    click.echo(f"private key: {priv}\npublic key:  {pub}\nkey id:      {signing.key_id(key)}")
+
+
+# ---------------------------------------------------------------------------------------- bundle
+@main.group()
+def bundle() -> None:
+    """Create and verify offline bundles (format: packaging/BUNDLE.md)."""
+
+
+@bundle.command("create")
+@click.option("--model", required=True, type=ExistingFile, help="The ONNX model file.")
+@click.option("--metadata", required=True, type=ExistingFile, help="Metadata file (.toml or .json): name, card, lineage, metrics, signature.")
+@click.option("--reference", type=ExistingFile, help="Optional reference.parquet: a training-data sample, the drift baseline.")
+@click.option("--sign-key", type=ExistingFile, help="Ed25519 private key (PEM) to sign the manifest with.")
+@click.option("-o", "--out", required=True, type=PathArg, help="Bundle file to write.")
+@handle_errors
+def bundle_create(model: Path, metadata: Path, reference: Path | None, sign_key: Path | None, out: Path) -> None:
+    """Build a bundle file from an ONNX model and a metadata file."""
+    from shepherd.bundles.create import create
+
+    manifest = create(model=model, metadata=metadata, reference=reference, sign_key=sign_key, out=out)
+    click.echo(f"{out}: {manifest.model}, {len(manifest.files)} files, {'signed' if sign_key else 'UNSIGNED'}")
+
+
+@bundle.command("verify")
+@click.argument("file", type=ExistingFile)
+@click.option("--trusted-keys", type=click.Path(file_okay=False, path_type=Path), help="Directory of trusted *.pub keys (default: the config's bundles.trusted_keys_dir).")
+@config_option
+@handle_errors
+def bundle_verify(file: Path, trusted_keys: Path | None, config_path: Path | None) -> None:
+    """Check a bundle with every rule the server applies on import; change nothing."""
+    from shepherd.bundles import signing
+    from shepherd.bundles.reader import Limits, read_bundle
+
+    cfg = _load_config(config_path)
+    b = cfg.bundles
+    trusted = signing.load_trusted(trusted_keys or Path(b.trusted_keys_dir))
+    staging = Path(tempfile.mkdtemp(prefix="shepherd-verify-"))
+    try:
+        limits = Limits(max_bundle_bytes=b.max_bundle_bytes, max_member_bytes=b.max_member_bytes, max_members=b.max_members)
+        verified = read_bundle(file, staging, limits=limits, trusted=trusted, require_signature=b.require_signature)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"{file}: ok")
+    click.echo(f"  model:     {verified.manifest.model}")
+    click.echo(f"  digest:    {verified.digest}")
+    click.echo(f"  signed by: {verified.signed_by or 'unsigned'}")
+    for f in verified.manifest.files:
+        click.echo(f"  file:      {f.path} ({f.size} bytes, sha256 {f.sha256[:16]}...)")
+
+
+# ---------------------------------------------------------------------------------------- import
+@remote_command(main, "import")
+@click.argument("file", type=ExistingFile)
+def import_(client: Any, as_json: bool, file: Path) -> None:
+    """Upload a bundle to the running server and register it as the model's next version."""
+    result = client.upload("/api/v1/bundles", file)
+    if as_json:
+        _print_json(result)
+        return
+    v = result["version"]
+    state = "imported" if result["created"] else "already imported"
+    click.echo(f"{state}: {v['model']} version {v['version']} (digest {v['bundle_digest'][:16]}..., signed by {v['signed_by'] or 'nobody'})")
+
+
+# ---------------------------------------------------------------------------------------- models
+@main.group()
+def models() -> None:
+    """Browse the registry."""
+
+
+@remote_command(models, "list")
+def models_list(client: Any, as_json: bool) -> None:
+    """List models with their latest version and aliases."""
+    found = client.request("GET", "/api/v1/models")
+    if as_json:
+        return _print_json(found)
+    for m in found:
+        m["aliases"] = ", ".join(f"{k}={v}" for k, v in m["aliases"].items())
+    _print_table(found, ["name", "versions", "latest_version", "aliases", "created_at"])
+
+
+@remote_command(models, "versions")
+@click.argument("name")
+@click.option("--active", is_flag=True, help="Hide archived versions.")
+def models_versions(client: Any, as_json: bool, name: str, active: bool) -> None:
+    """List a model's versions."""
+    found = client.request("GET", f"/api/v1/models/{name}/versions", params={"include_archived": str(not active).lower()})
+    if as_json:
+        return _print_json(found)
+    for v in found:
+        v["aliases"] = ", ".join(v["aliases"])
+        v["status"] = "archived" if v["archived"] else "active"
+        v["tags"] = ", ".join(f"{k}={val}" for k, val in v["tags"].items())
+        v["signed_by"] = v["signed_by"] or "unsigned"
+    _print_table(found, ["version", "status", "aliases", "tags", "signed_by", "created_at"])
+
+
+@remote_command(models, "show")
+@click.argument("name")
+@click.argument("ref", default="latest")
+def models_show(client: Any, as_json: bool, name: str, ref: str) -> None:
+    """Show one version (number or alias; default: the latest) with signature, metrics, lineage and card."""
+    if ref == "latest":
+        ref = str(client.request("GET", f"/api/v1/models/{name}")["model"]["latest_version"])
+    _print_json(client.request("GET", f"/api/v1/models/{name}/versions/{ref}"))
+
+
+@remote_command(models, "card")
+@click.argument("name")
+@click.argument("ref")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+def models_card(client: Any, as_json: bool, name: str, ref: str, fmt: str) -> None:
+    """Render a version's model card as Markdown or HTML."""
+    click.echo(client.request("GET", f"/api/v1/models/{name}/versions/{ref}/card", params={"format": fmt}))
+
+
+@remote_command(models, "archive")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--undo", is_flag=True, help="Restore an archived version.")
+def models_archive(client: Any, as_json: bool, name: str, version: int, undo: bool) -> None:
+    """Archive a version (or restore it with --undo)."""
+    v = client.request("POST", f"/api/v1/models/{name}/versions/{version}/{'unarchive' if undo else 'archive'}")
+    _print_json(v) if as_json else click.echo(f"{name} version {version}: {'archived' if v['archived'] else 'active'}")
+
+
+# ----------------------------------------------------------------------------------------- alias
+@main.group()
+def alias() -> None:
+    """Set, move, delete and trace aliases (production, staging, any name)."""
+
+
+@remote_command(alias, "set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version", type=int)
+def alias_set(client: Any, as_json: bool, name: str, alias_name: str, version: int) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    ch = client.request("PUT", f"/api/v1/models/{name}/aliases/{alias_name}", json={"version": version})
+    _print_json(ch) if as_json else click.echo(f"{name}@{alias_name}: {ch['from_version']} -> {ch['to_version']}")
+
+
+@remote_command(alias, "delete")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+def alias_delete(client: Any, as_json: bool, name: str, alias_name: str) -> None:
+    """Remove ALIAS from model NAME."""
+    ch = client.request("DELETE", f"/api/v1/models/{name}/aliases/{alias_name}")
+    _print_json(ch) if as_json else click.echo(f"{name}@{alias_name}: removed (was {ch['from_version']})")
+
+
+@remote_command(alias, "history")
+@click.argument("name")
+@click.argument("alias_name", metavar="[ALIAS]", required=False)
+def alias_history(client: Any, as_json: bool, name: str, alias_name: str | None) -> None:
+    """Show every move of the model's aliases, oldest first."""
+    found = client.request("GET", f"/api/v1/models/{name}/aliases", params={"alias": alias_name} if alias_name else {})
+    _print_json(found) if as_json else _print_table(found, ["at", "alias", "from_version", "to_version", "actor"])
+
+
+# ------------------------------------------------------------------------------------------- tag
+@main.group()
+def tag() -> None:
+    """Label versions with tags (the version's content never changes)."""
+
+
+@remote_command(tag, "set")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("key")
+@click.argument("value")
+def tag_set(client: Any, as_json: bool, name: str, version: int, key: str, value: str) -> None:
+    """Set tag KEY=VALUE on a version."""
+    v = client.request("PUT", f"/api/v1/models/{name}/versions/{version}/tags/{key}", json={"value": value})
+    _print_json(v) if as_json else click.echo(f"{name} version {version}: {key}={value}")
+
+
+@remote_command(tag, "delete")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("key")
+def tag_delete(client: Any, as_json: bool, name: str, version: int, key: str) -> None:
+    """Remove tag KEY from a version."""
+    v = client.request("DELETE", f"/api/v1/models/{name}/versions/{version}/tags/{key}")
+    _print_json(v) if as_json else click.echo(f"{name} version {version}: {key} removed")
+
+
+# ----------------------------------------------------------------------------------------- token
+@main.group()
+def token() -> None:
+    """API tokens. These act on the data directory directly (run them on the appliance as its owner)."""
+
+
+def _local_db(config_path: Path | None) -> Any:
+    from shepherd.appliance import open_database
+
+    return open_database(_load_config(config_path))
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["viewer", "operator", "admin"]))
+@click.option("--name", default=None, help="Who or what uses the token (default: ROLE-token).")
+@config_option
+@handle_errors
+def token_create(role: str, name: str | None, config_path: Path | None) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from shepherd.auth import create_token
+
+    db = _local_db(config_path)
+    try:
+        text, rec = create_token(db, role=role, name=name or f"{role}-token", actor=f"local:{getpass.getuser()}")
+    finally:
+        db.close()
+    click.echo(text)
+    click.echo(f"# token id {rec.id}, role {rec.role}: store it now, it is not shown again", err=True)
+
+
+@token.command("list")
+@config_option
+@handle_errors
+def token_list(config_path: Path | None) -> None:
+    """List tokens (never their secrets)."""
+    from shepherd.store import tokens as token_store
+
+    db = _local_db(config_path)
+    try:
+        found = db.read(token_store.list_all)
+    finally:
+        db.close()
+    _print_table([msgspec.to_builtins(t) for t in found], ["id", "name", "role", "created_at", "created_by", "revoked_at"])
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@config_option
+@handle_errors
+def token_revoke(token_id: str, config_path: Path | None) -> None:
+    """Revoke a token by id (a running server stops accepting it within auth.token_cache_seconds)."""
+    from shepherd.auth import Authenticator
+
+    cfg = _load_config(config_path)
+    db = _local_db(config_path)
+    try:
+        rec = Authenticator(db, cfg.auth.token_cache_seconds).revoke(token_id, actor=f"local:{getpass.getuser()}")
+    finally:
+        db.close()
+    click.echo(f"token {rec.id} revoked at {rec.revoked_at}")
+
+
+# ----------------------------------------------------------------------------------------- audit
+@remote_command(main, "audit")
+@click.option("--actor", "actor_name", help="Only this actor (e.g. token:0123abcd...).")
+@click.option("--action", help="Only actions starting with this (e.g. alias.).")
+@click.option("--target", help="Only this target (e.g. model:iris/2).")
+@click.option("--after", type=int, default=0, help="Only entries with a larger id.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+def audit_cmd(client: Any, as_json: bool, actor_name: str | None, action: str | None, target: str | None, after: int, limit: int) -> None:
+    """Read the append-only audit log (admin token)."""
+    params = {k: v for k, v in {"actor": actor_name, "action": action, "target": target, "after": after, "limit": limit}.items() if v}
+    found = client.request("GET", "/api/v1/audit", params=params)
+    if as_json:
+        return _print_json(found)
+    for e in found:
+        e["change"] = f"{json.dumps(e['before'])} -> {json.dumps(e['after'])}"
+    _print_table(found, ["id", "at", "actor", "action", "target", "change"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""A small HTTP client for the CLI: base URL and token from flags or environment, errors as ShepherdError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shepherd.errors import ShepherdError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class RemoteError(ShepherdError):
+    """The server answered with an error; `status` and `message` come from its response."""
+
+    def __init__(self, status: int, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or "HTTP_ERROR"
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.ConnectError:
+            raise ShepherdError(f"cannot reach Shepherd at {self.url}: is it running? (set --url or SHEPHERD_URL)") from None
+        except httpx.HTTPError as err:
+            raise ShepherdError(f"request to {self.url}{path} failed: {err}") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                raise RemoteError(resp.status_code, body.get("error") or body.get("message") or resp.text, body.get("code", ""))
+            except ValueError:
+                raise RemoteError(resp.status_code, resp.text or resp.reason_phrase) from None
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.text
+
+    def upload(self, path: str, file: Path) -> Any:
+        def chunks() -> Iterator[bytes]:
+            with open(file, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    yield chunk
+
+        headers = {"Content-Type": "application/x-tar", "Content-Length": str(file.stat().st_size)}
+        return self.request("POST", path, content=chunks(), headers=headers)
