@@ -255,10 +255,12 @@ def run_python(url: str, seconds: float, connections: int, threads: int, headers
 # ------------------------------------------------------------------------------ setup, report
 def make_token(data_dir: Path) -> str:
     """A viewer token in the bench data directory, created before any server opens it."""
+    from shepherd import log
     from shepherd.appliance import Appliance
     from shepherd.auth import create_token
     from shepherd.config import load
 
+    log.configure("warning", "json")
     cfg = load(None)
     cfg.storage.data_dir = str(data_dir)
     appliance = Appliance(cfg)

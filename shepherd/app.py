@@ -85,5 +85,6 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
             render_plugins=[SwaggerRenderPlugin()],
             openapi_router=Router(path="/schema", route_handlers=[], opt=PUBLIC),
         ),
+        logging_config=None,
         debug=False,
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from shepherd import auth
 from shepherd.api.security import ADMIN, actor
@@ -42,11 +42,11 @@ class AdminController(Controller):
     async def read_audit(
         self,
         request: Request,
-        actor_name: Annotated[str | None, Parameter(query="actor")] = None,
-        action: str | None = None,
-        target: str | None = None,
-        after: Annotated[int, Parameter(ge=0)] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        actor_name: Annotated[str | None, QueryParameter(name="actor")] = None,
+        action: FromQuery[str | None] = None,
+        target: FromQuery[str | None] = None,
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[audit.AuditEntry]:
         """Audit entries with id > after, oldest first; filter by actor, action prefix and target."""
         return await _app(request).db.aread(
@@ -59,7 +59,7 @@ class AdminController(Controller):
         return await _app(request).db.aread(token_store.list_all)
 
     @post("/tokens", status_code=201)
-    async def create_token(self, request: Request, data: TokenBody) -> CreatedToken:
+    async def create_token(self, request: Request, data: JSONBody[TokenBody]) -> CreatedToken:
         """Create a token; the response is the only place its secret appears."""
         who = actor(request)
         app = _app(request)
@@ -67,7 +67,7 @@ class AdminController(Controller):
         return CreatedToken(token=token, record=rec)
 
     @delete("/tokens/{token_id:str}", status_code=200)
-    async def revoke_token(self, request: Request, token_id: str) -> token_store.TokenRecord:
+    async def revoke_token(self, request: Request, token_id: FromPath[str]) -> token_store.TokenRecord:
         """Revoke a token; it stops working at once on this server."""
         who = actor(request)
         app = _app(request)

@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from shepherd import cards
 from shepherd.api.security import OPERATOR, VIEWER, actor
@@ -42,24 +43,24 @@ class ModelsController(Controller):
         return await _app(request).db.aread(registry.list_models)
 
     @get("/{name:str}", opt=VIEWER)
-    async def get_model(self, request: Request, name: str, include_archived: bool = True) -> ModelDetail:
+    async def get_model(self, request: Request, name: FromPath[str], include_archived: FromQuery[bool] = True) -> ModelDetail:
         """One model and its versions (archived ones too unless include_archived=false)."""
         def read(c):
             return ModelDetail(model=registry.get_model(c, name), versions=registry.list_versions(c, name, include_archived=include_archived))
         return await _app(request).db.aread(read)
 
     @get("/{name:str}/versions", opt=VIEWER)
-    async def list_versions(self, request: Request, name: str, include_archived: bool = True) -> list[VersionRecord]:
+    async def list_versions(self, request: Request, name: FromPath[str], include_archived: FromQuery[bool] = True) -> list[VersionRecord]:
         """The versions of a model, oldest first."""
         return await _app(request).db.aread(lambda c: registry.list_versions(c, name, include_archived=include_archived))
 
     @get("/{name:str}/versions/{ref:str}", opt=VIEWER)
-    async def get_version(self, request: Request, name: str, ref: str) -> VersionRecord:
+    async def get_version(self, request: Request, name: FromPath[str], ref: FromPath[str]) -> VersionRecord:
         """A version by number or alias, with its signature, metrics, lineage, card, files, tags and aliases."""
         return await _app(request).db.aread(lambda c: registry.resolve(c, name, ref))
 
     @get("/{name:str}/versions/{ref:str}/card", opt=VIEWER)
-    async def get_card(self, request: Request, name: str, ref: str, format: Literal["md", "html"] = "md") -> Response[str]:
+    async def get_card(self, request: Request, name: FromPath[str], ref: FromPath[str], format: FromQuery[Literal["md", "html"]] = "md") -> Response[str]:
         """The model card rendered as Markdown (format=md) or HTML (format=html)."""
         rec = await _app(request).db.aread(lambda c: registry.resolve(c, name, ref))
         if format == "html":
@@ -67,42 +68,42 @@ class ModelsController(Controller):
         return Response(cards.markdown(rec), media_type="text/markdown; charset=utf-8")
 
     @get("/{name:str}/aliases", opt=VIEWER)
-    async def alias_history(self, request: Request, name: str, alias: str | None = None) -> list[AliasChange]:
+    async def alias_history(self, request: Request, name: FromPath[str], alias: FromQuery[str | None] = None) -> list[AliasChange]:
         """Every alias move of the model, oldest first (one alias when `alias` is given)."""
         return await _app(request).db.aread(lambda c: registry.alias_history(c, name, alias))
 
     @put("/{name:str}/aliases/{alias:str}", opt=OPERATOR, status_code=200)
-    async def set_alias(self, request: Request, name: str, alias: str, data: AliasBody) -> AliasChange:
+    async def set_alias(self, request: Request, name: FromPath[str], alias: FromPath[str], data: JSONBody[AliasBody]) -> AliasChange:
         """Create or move an alias (production, staging, any name) to a version."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.set_alias(c, name, alias, data.version, actor=who))
 
     @delete("/{name:str}/aliases/{alias:str}", opt=OPERATOR, status_code=200)
-    async def delete_alias(self, request: Request, name: str, alias: str) -> AliasChange:
+    async def delete_alias(self, request: Request, name: FromPath[str], alias: FromPath[str]) -> AliasChange:
         """Remove an alias; the removal is kept in its history."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.delete_alias(c, name, alias, actor=who))
 
     @put("/{name:str}/versions/{version:int}/tags/{key:str}", opt=OPERATOR, status_code=200)
-    async def set_tag(self, request: Request, name: str, version: int, key: str, data: TagBody) -> VersionRecord:
+    async def set_tag(self, request: Request, name: FromPath[str], version: FromPath[int], key: FromPath[str], data: JSONBody[TagBody]) -> VersionRecord:
         """Set a tag (a mutable label; the version's content stays as registered)."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.set_tag(c, name, version, key, data.value, actor=who))
 
     @delete("/{name:str}/versions/{version:int}/tags/{key:str}", opt=OPERATOR, status_code=200)
-    async def delete_tag(self, request: Request, name: str, version: int, key: str) -> VersionRecord:
+    async def delete_tag(self, request: Request, name: FromPath[str], version: FromPath[int], key: FromPath[str]) -> VersionRecord:
         """Remove a tag."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.delete_tag(c, name, version, key, actor=who))
 
     @post("/{name:str}/versions/{version:int}/archive", opt=OPERATOR, status_code=200)
-    async def archive(self, request: Request, name: str, version: int) -> VersionRecord:
+    async def archive(self, request: Request, name: FromPath[str], version: FromPath[int]) -> VersionRecord:
         """Archive a version: hidden from active listings, no alias may point at it."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.set_archived(c, name, version, True, actor=who))
 
     @post("/{name:str}/versions/{version:int}/unarchive", opt=OPERATOR, status_code=200)
-    async def unarchive(self, request: Request, name: str, version: int) -> VersionRecord:
+    async def unarchive(self, request: Request, name: FromPath[str], version: FromPath[int]) -> VersionRecord:
         """Restore an archived version."""
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.set_archived(c, name, version, False, actor=who))
