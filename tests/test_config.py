@@ -1,0 +1,156 @@
+"""Config loading: validation messages, documentation coverage, path resolution, round-trips."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shepherd import config as config_mod
+from shepherd.cli import main
+from shepherd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_bind_loopback_8080():
+    """The embedded defaults bind 127.0.0.1:8080 and require signatures."""
+    cfg = config_mod.load(None)
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8080)
+    assert cfg.bundles.require_signature is True
+    assert Path(cfg.storage.data_dir).is_absolute()
+
+
+@pytest.mark.parametrize("name", ["shepherd.toml", "demo.toml"])
+def test_shipped_configs_are_valid(name):
+    """Every config shipped in configs/ passes validation."""
+    config_mod.load(ROOT / "configs" / name)
+
+
+def test_every_setting_is_documented_in_shepherd_toml():
+    """Each setting has a docstring in config.py and appears, commented, in configs/shepherd.toml."""
+    docs = config_mod.field_docs()
+    assert len(docs) >= 10
+    text = (ROOT / "configs" / "shepherd.toml").read_text()
+    lines = text.splitlines()
+    parsed = tomllib.loads(text)
+    for key, doc in docs.items():
+        assert doc.strip(), f"{key} has no attribute docstring in shepherd/config.py"
+        section, _, name = key.rpartition(".")
+        assert name in parsed.get(section, {}), f"{key} is missing from configs/shepherd.toml"
+        # the line setting it must follow a comment line
+        header = lines.index(f"[{section}]")
+        idx = next(i for i in range(header, len(lines)) if re.match(rf"^{name}\s*=", lines[i]))
+        assert lines[idx - 1].startswith("#"), f"{key} in configs/shepherd.toml has no comment above it"
+
+
+def test_shepherd_toml_values_equal_defaults_except_paths():
+    """configs/shepherd.toml documents the real defaults (only the data directory differs)."""
+    shipped = msgspec.to_builtins(config_mod.load(ROOT / "configs" / "shepherd.toml"))
+    default = msgspec.to_builtins(config_mod.load(None))
+    for section in default:
+        for key, value in default[section].items():
+            if key in ("data_dir", "trusted_keys_dir"):
+                continue
+            assert shipped[section][key] == value, f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    "toml, key, fragment",
+    [
+        ('[server]\nport = "abc"\n', "server.port", "'abc'"),
+        ("[server]\nport = 70000\n", "server.port", "70000"),
+        ("[server]\nprot = 8080\n", "server.prot", "unknown setting"),
+        ("surprise = 1\n", "surprise", "unknown setting"),
+        ('[logging]\nlevel = "loud"\n', "logging.level", "'loud'"),
+        ("[bundles]\nmax_members = 1\n", "bundles.max_members", ">= 3"),
+        ("[storage]\nsqlite_readers = 0\n", "storage.sqlite_readers", ">= 1"),
+        ("server = 5\n", "server", "object"),
+    ],
+)
+def test_bad_config_names_key_value_and_reason(tmp_path, toml, key, fragment):
+    """An invalid file is refused with a message naming the key, the value and the reason."""
+    f = tmp_path / "bad.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(f)
+    assert info.value.field == key
+    assert f"{key}" in info.value.message and fragment in info.value.message
+
+
+def test_invalid_toml_syntax_is_reported(tmp_path):
+    """A file that is not TOML is refused with the parser's location."""
+    f = tmp_path / "bad.toml"
+    f.write_text("[server\nport=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config_mod.load(f)
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path):
+    """Relative paths in a file resolve against that file's directory, not the working directory."""
+    d = tmp_path / "etc"
+    d.mkdir()
+    (d / "s.toml").write_text('[storage]\ndata_dir = "state"\n[bundles]\ntrusted_keys_dir = "../keys"\n')
+    cfg = config_mod.load(d / "s.toml")
+    assert cfg.storage.data_dir == str(d / "state")
+    assert cfg.bundles.trusted_keys_dir == str(tmp_path / "keys")
+
+
+def test_check_config_cli_verdicts(tmp_path):
+    """`shepherd check-config` exits 0 on a valid file and non-zero, naming the key, on an invalid one."""
+    runner = CliRunner()
+    ok = runner.invoke(main, ["check-config", str(ROOT / "configs" / "shepherd.toml")])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nport = -1\n")
+    res = runner.invoke(main, ["check-config", str(bad)])
+    assert res.exit_code == 2
+    assert "server.port = -1" in res.output
+
+
+sections = st.fixed_dictionaries(
+    {
+        "server": st.fixed_dictionaries(
+            {"host": st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), "port": st.integers(1, 65535), "max_request_bytes": st.integers(1, 2**40)}
+        ),
+        "storage": st.fixed_dictionaries({"data_dir": st.sampled_from(["/var/lib/s", "/tmp/x y"]), "sqlite_readers": st.integers(1, 64)}),
+        "bundles": st.fixed_dictionaries(
+            {
+                "require_signature": st.booleans(),
+                "trusted_keys_dir": st.just("/etc/shepherd/keys"),
+                "max_bundle_bytes": st.integers(1, 2**50),
+                "max_member_bytes": st.integers(1, 2**50),
+                "max_members": st.integers(3, 10_000),
+            }
+        ),
+        "auth": st.fixed_dictionaries({"token_cache_seconds": st.floats(0, 300)}),
+        "logging": st.fixed_dictionaries({"level": st.sampled_from(["debug", "info", "warning", "error"]), "format": st.sampled_from(["auto", "json", "console"])}),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sections)
+def test_config_round_trips(raw):
+    """Any valid config survives parse -> to_builtins -> parse unchanged."""
+    cfg = config_mod.parse(raw)
+    assert msgspec.to_builtins(cfg) == raw
+    assert config_mod.parse(msgspec.to_builtins(cfg)) == cfg
+
+
+@settings(max_examples=60, deadline=None)
+@given(sections, st.data())
+def test_any_wrong_typed_value_is_named(raw, data):
+    """Replacing any setting with a value of the wrong type is refused, naming that setting."""
+    section = data.draw(st.sampled_from(sorted(raw)))
+    key = data.draw(st.sampled_from(sorted(raw[section])))
+    raw[section][key] = [1, 2]  # a list is never a valid setting
+    with pytest.raises(ConfigError) as info:
+        config_mod.parse(raw)
+    assert info.value.field == f"{section}.{key}"
