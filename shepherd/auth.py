@@ -20,7 +20,7 @@ from shepherd.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from shepherd.store import tokens as token_store
 from shepherd.store.sqlite import Database
 
-_TOKEN = re.compile(r"^shp_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+_TOKEN = re.compile(r"^shp_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})\Z")
 
 
 class Role(enum.IntEnum):

@@ -14,7 +14,9 @@ METADATA = "metadata.json"
 REFERENCE = "reference.parquet"
 REQUIRED = (MODEL, METADATA)
 
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z"
+ModelName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Text = Annotated[str, msgspec.Meta(max_length=20_000)]
 Short = Annotated[str, msgspec.Meta(max_length=512)]
 
@@ -38,7 +40,7 @@ class ManifestFile(Strict, kw_only=True):
 class Manifest(Strict, kw_only=True):
     format: Literal["shepherd-bundle/1"] = FORMAT
     """Format identifier and version."""
-    model: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    model: ModelName
     """Registered model name this bundle adds a version to."""
     created_at: Short
     """ISO 8601 creation time."""
@@ -48,7 +50,7 @@ class Manifest(Strict, kw_only=True):
 
 class SignatureFile(Strict, kw_only=True):
     algorithm: Literal["ed25519"] = "ed25519"
-    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}\Z")]
     """First 16 hex digits of sha256 of the raw 32-byte public key."""
     signature: Short
     """Base64 Ed25519 signature over the 32-byte sha256 digest of manifest.json."""
@@ -94,7 +96,7 @@ class Lineage(Strict, kw_only=True):
 class Metadata(Strict, kw_only=True):
     """metadata.json in a bundle; also the metadata file (TOML or JSON) given to `bundle create`."""
 
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    name: ModelName
     """Registered model name."""
     description: Text = ""
     card: ModelCard = msgspec.field(default_factory=ModelCard)

@@ -22,7 +22,7 @@ from shepherd.bundles.reference import check_reference
 from shepherd.errors import BundleRejected, PayloadTooLarge
 
 log = structlog.get_logger()
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\Z")
 MAX_CONTROL_FILE = 1024 * 1024
 CHUNK = 1024 * 1024
 

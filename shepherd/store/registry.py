@@ -16,9 +16,8 @@ from shepherd.errors import Conflict, InvalidInput, NotFound
 from shepherd.store import audit
 from shepherd.store.sqlite import one, rows
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}\Z")
+TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}\Z")
 MAX_TAG_VALUE = 4096
 
 
@@ -75,15 +74,6 @@ class NewVersion(msgspec.Struct, kw_only=True):
     card: dict[str, Any]
     manifest: dict[str, Any]
     files: list[VersionFile]
-
-
-def check_name(name: str, field: str = "model") -> str:
-    if not NAME.match(name):
-        raise InvalidInput(
-            f"{field} = {name!r}: must be 1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit",
-            field=field,
-        )
-    return name
 
 
 def _model_id(conn: apsw.Connection, name: str) -> int:
