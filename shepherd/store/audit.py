@@ -12,7 +12,11 @@ from typing import Any
 import apsw
 import msgspec
 
-from shepherd.store.sqlite import rows
+import structlog
+
+from shepherd.store.sqlite import after_commit, rows
+
+log = structlog.get_logger()
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
@@ -35,11 +39,17 @@ def _json(value: Any) -> str | None:
 
 
 def append(conn: apsw.Connection, *, actor: str, action: str, target: str, before: Any = None, after: Any = None) -> None:
-    """Record one mutation; call it inside the write transaction that makes the change."""
+    """Record one mutation; call it inside the write transaction that makes the change.
+
+    Once the transaction commits, the action is also logged as a structlog event (`alias.set`
+    becomes `alias_set`), so the service log has one event per change and none for a rolled-back one.
+    """
     conn.execute(
         "INSERT INTO audit(at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
         (now(), actor, action, target, _json(before), _json(after)),
     )
+    event = action.replace(".", "_")
+    after_commit(conn, lambda: log.info(event, actor=actor, target=target, before=before, after=after))
 
 
 def query(

@@ -52,6 +52,14 @@ def one(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] 
     return found[0] if found else None
 
 
+_after_commit: dict[int, list[Callable[[], None]]] = {}
+
+
+def after_commit(conn: apsw.Connection, fn: Callable[[], None]) -> None:
+    """Run `fn` once the current write transaction on `conn` commits; drop it if it rolls back."""
+    _after_commit.setdefault(id(conn), []).append(fn)
+
+
 def migrate(conn: apsw.Connection, migrations: Sequence[str]) -> int:
     """Apply the migrations beyond `PRAGMA user_version`, each in its own transaction."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -101,8 +109,11 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             except BaseException as err:  # handed to the caller
+                _after_commit.pop(id(conn), None)
                 fut.set_exception(err)
             else:
+                for callback in _after_commit.pop(id(conn), []):
+                    callback()
                 fut.set_result(result)
 
     def submit(self, fn: Callable[[apsw.Connection], T]) -> concurrent.futures.Future[T]:

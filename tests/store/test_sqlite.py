@@ -92,3 +92,20 @@ def test_audit_query_filters(db):
     assert [e.action for e in db.read(lambda c: audit.query(c, action="version_"))] == ["version_tag"]
     assert [e.target for e in db.read(lambda c: audit.query(c, actor="u1"))] == ["t1", "t3"]
     assert [e.id for e in db.read(lambda c: audit.query(c, after_id=2, limit=1))] == [3]
+
+
+def test_audited_change_is_logged_only_after_commit(db):
+    """An audited mutation emits one structlog event after commit, and none when it rolls back."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        db.write(lambda c: audit.append(c, actor="a", action="alias.set", target="model:m@prod", after={"version": 2}))
+
+        def failing(c):
+            audit.append(c, actor="a", action="alias.delete", target="model:m@prod")
+            raise ValueError("no")
+
+        with pytest.raises(ValueError):
+            db.write(failing)
+    events = [e for e in logs if e["event"].startswith("alias_")]
+    assert events == [{"event": "alias_set", "actor": "a", "target": "model:m@prod", "before": None, "after": {"version": 2}, "log_level": "info"}]
