@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import structlog
 from litestar.testing import TestClient
 from onnx import TensorProto, helper
 
@@ -56,6 +57,13 @@ class Keys:
         self.trusted_dir.mkdir(parents=True)
         (self.trusted_dir / "release.pub").write_bytes(pub.read_bytes())
         self.rogue, _ = signing.generate(root / "rogue", "rogue")
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults: the CLI reconfigures logging for the whole process."""
+    structlog.reset_defaults()
+    yield
 
 
 @pytest.fixture

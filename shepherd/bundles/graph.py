@@ -50,14 +50,15 @@ def read_signature(path: Path) -> IOSignature:
         raise BundleRejected(f"model.onnx: not a valid ONNX model ({err.__class__.__name__}: {err})", field="model.onnx") from None
     if not model.HasField("graph") or not model.graph.node:
         raise BundleRejected("model.onnx: contains no graph (empty or not an ONNX model)", field="model.onnx")
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid"
-        raise BundleRejected(f"model.onnx: fails the ONNX checker ({first})", field="model.onnx") from None
     for init in model.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise BundleRejected("model.onnx: uses external data files; save the model as one self-contained file", field="model.onnx")
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        # the checker's message may quote the staging path: keep the server's layout private
+        first = (str(err).strip().splitlines() or ["invalid"])[0].replace(str(path.parent), "<bundle>")
+        raise BundleRejected(f"model.onnx: fails the ONNX checker ({first})", field="model.onnx") from None
     initializers = {i.name for i in model.graph.initializer}
     inputs = [_spec(v, "input") for v in model.graph.input if v.name not in initializers]
     outputs = [_spec(v, "output") for v in model.graph.output]

@@ -114,20 +114,23 @@ def read_bundle(
                 assert src is not None
                 h = hashlib.sha256()
                 got = 0
-                if name in (MANIFEST, SIGNATURE):
-                    data = src.read()
-                    got = len(data)
-                    control[name] = data
-                else:
-                    dest = staging / f"{count:05d}"
-                    with open(dest, "wb") as out:
-                        while chunk := src.read(CHUNK):
-                            h.update(chunk)
-                            got += len(chunk)
-                            out.write(chunk)
-                    staged[name] = StagedFile(path=name, staged=str(dest), sha256=h.hexdigest(), size=got)
+                try:
+                    if name in (MANIFEST, SIGNATURE):
+                        data = src.read()
+                        got = len(data)
+                        control[name] = data
+                    else:
+                        dest = staging / f"{count:05d}"
+                        with open(dest, "wb") as out:
+                            while chunk := src.read(CHUNK):
+                                h.update(chunk)
+                                got += len(chunk)
+                                out.write(chunk)
+                        staged[name] = StagedFile(path=name, staged=str(dest), sha256=h.hexdigest(), size=got)
+                except (tarfile.ReadError, EOFError):
+                    got = -1
                 if got != member.size:
-                    raise BundleRejected(f"archive is truncated: member {name!r} has {got} of {member.size} bytes", field=name)
+                    raise BundleRejected(f"archive is truncated: member {name!r} ends before its {member.size} bytes", field=name)
     except (tarfile.ReadError, EOFError) as err:
         raise BundleRejected(f"not a valid or complete tar archive ({err})", field="bundle") from None
 
