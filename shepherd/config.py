@@ -59,6 +59,38 @@ class AuthConfig(Section, kw_only=True):
     """How long a verified token is trusted before it is checked against the store again; bounds how fast a revocation made by another process takes effect."""
 
 
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class ServingConfig(Section, kw_only=True):
+    providers: Annotated[list[Provider], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    """ONNX Runtime execution providers in order of preference; those not available on this machine are skipped."""
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    """Threads ONNX Runtime uses inside one operator (0: ONNX Runtime's default, one per core)."""
+    inter_op_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    """Threads ONNX Runtime uses across independent operators (0: ONNX Runtime's default)."""
+    trt_engine_cache_dir: str = ""
+    """Where TensorRT keeps built engines ("" = <data_dir>/trt-cache). Relative paths resolve against the config file's directory."""
+    trt_fp16: bool = False
+    """Let TensorRT run in FP16 where the GPU supports it."""
+    trt_workspace_bytes: PositiveInt = 2 * 1024**3
+    """Most GPU memory TensorRT may use as scratch space while building an engine, in bytes."""
+    keep_previous_warm: bool = True
+    """Keep the previous primary loaded after a promote, so a rollback loads nothing; false unloads it (memory-tight GPUs) and a rollback reloads it first."""
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 32
+    """Most requests the dynamic batcher merges into one model run (only for models whose first dimension is -1)."""
+    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 200
+    """How long the batcher waits for more requests after the first one of a batch, in microseconds."""
+    max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    """Requests waiting per slot beyond which new ones are refused at once with 503."""
+    request_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
+    """A request not answered within this time gets 504; if it has not started running it is dropped from the queue."""
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    """How long a retired model version waits for its in-flight requests before it is released anyway."""
+
+
 class LoggingConfig(Section, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
@@ -75,6 +107,8 @@ class Config(Section, kw_only=True):
     """Offline bundle import: signatures and size limits."""
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     """API tokens."""
+    serving: ServingConfig = msgspec.field(default_factory=ServingConfig)
+    """Inference engine, slots and dynamic batching."""
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     """Structured logging."""
 
@@ -82,14 +116,20 @@ class Config(Section, kw_only=True):
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
 
+    @property
+    def trt_cache_dir(self) -> Path:
+        return Path(self.serving.trt_engine_cache_dir) if self.serving.trt_engine_cache_dir else self.data_dir / "trt-cache"
 
-_PATH_FIELDS = (("storage", "data_dir"), ("bundles", "trusted_keys_dir"))
+
+_PATH_FIELDS = (("storage", "data_dir"), ("bundles", "trusted_keys_dir"), ("serving", "trt_engine_cache_dir"))
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     """Make every path setting absolute, relative ones taken against `base`."""
     for section, name in _PATH_FIELDS:
         sec = getattr(cfg, section)
+        if not getattr(sec, name):
+            continue
         value = Path(getattr(sec, name)).expanduser()
         if not value.is_absolute():
             value = (base / value).resolve()

@@ -98,4 +98,16 @@ MIGRATIONS: list[str] = [
         revoked_at TEXT
     );
     """,
+    # 2: deployments and their slots
+    """
+    CREATE TABLE deployments (
+        name TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        primary_version INTEGER,
+        previous_version INTEGER,
+        candidate_version INTEGER,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]

@@ -1,0 +1,164 @@
+"""Dynamic batching in Triton's style: one worker thread per loaded version, a bounded queue,
+a maximum batch size (rows) and a maximum queue delay after the first request of a batch.
+
+The event loop only enqueues and awaits a future; the worker thread concatenates compatible
+requests along the first axis, runs ONNX Runtime (which releases the GIL) and splits the outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import structlog
+
+from shepherd.errors import ShepherdError
+from shepherd.serving.engine import ModelSession
+
+log = structlog.get_logger()
+_STOP = object()
+
+
+class Overloaded(ShepherdError):
+    """The slot's queue is full: the request is refused at once rather than left to wait."""
+
+    status = 503
+    code = "OVERLOADED"
+
+
+class InferenceFailed(ShepherdError):
+    """ONNX Runtime failed on a request that passed validation."""
+
+    status = 500
+    code = "INFERENCE_FAILED"
+
+
+class Pending:
+    __slots__ = ("inputs", "rows", "key", "future", "loop", "enqueued", "dropped", "labels")
+
+    def __init__(self, inputs: dict[str, np.ndarray], loop: asyncio.AbstractEventLoop, labels: tuple) -> None:
+        self.inputs = inputs
+        first = next(iter(inputs.values()))
+        self.rows = first.shape[0] if first.ndim else 1
+        # requests batch together only when every input agrees beyond the first axis
+        self.key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        self.future: asyncio.Future = loop.create_future()
+        self.loop = loop
+        self.enqueued = time.perf_counter()
+        self.dropped = False
+        self.labels = labels
+
+
+def _settle(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class Batcher:
+    """Queue and worker for one ModelSession."""
+
+    def __init__(
+        self,
+        session: ModelSession,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        observe: Callable[[tuple, float, float, int], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.max_rows = max_batch_size if session.batchable else 1
+        self.delay = max_queue_delay_us / 1e6
+        self.queue: queue.Queue = queue.Queue(max_queue_size)
+        self.observe = observe
+        self._carry: Pending | None = None
+        self._thread = threading.Thread(target=self._work, name=f"batcher:{session.label}", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def submit(self, inputs: dict[str, np.ndarray], labels: tuple = ()) -> Pending:
+        """Enqueue a validated request; its `future` resolves to {output name: array}. Raises Overloaded."""
+        p = Pending(inputs, asyncio.get_running_loop(), labels)
+        try:
+            self.queue.put_nowait(p)
+        except queue.Full:
+            raise Overloaded(f"{self.session.label}: {self.queue.maxsize} requests already queued; retry later") from None
+        return p
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker thread."""
+        self.queue.put(_STOP)
+        self._thread.join()
+
+    def _next(self, timeout: float | None) -> Any:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        return self.queue.get(timeout=timeout) if timeout is None or timeout > 0 else self.queue.get_nowait()
+
+    def _work(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is _STOP:
+                return
+            if first.dropped:
+                continue
+            batch, rows, stop = [first], first.rows, False
+            deadline = time.perf_counter() + self.delay
+            while rows < self.max_rows:
+                try:
+                    nxt = self._next(deadline - time.perf_counter())
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                if nxt.dropped:
+                    continue
+                if nxt.key != first.key or rows + nxt.rows > self.max_rows:
+                    self._carry = nxt
+                    break
+                batch.append(nxt)
+                rows += nxt.rows
+            self._execute(batch, rows)
+            if stop:
+                return
+
+    def _execute(self, batch: list[Pending], rows: int) -> None:
+        started = time.perf_counter()
+        names = self.session.output_names
+        try:
+            if len(batch) == 1:
+                results = [dict(zip(names, self.session.run(batch[0].inputs)))]
+            else:
+                feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+                outs = self.session.run(feed)
+                if any(o.ndim == 0 or o.shape[0] != rows for o in outs):
+                    # an output without a batch axis: run each request on its own
+                    results = [dict(zip(names, self.session.run(p.inputs))) for p in batch]
+                else:
+                    cuts = np.cumsum([p.rows for p in batch])[:-1]
+                    split = [np.split(o, cuts) for o in outs]
+                    results = [dict(zip(names, parts)) for parts in zip(*split)]
+            error = None
+        except Exception as err:  # reported to every request of the batch
+            log.error("inference_failed", model=self.session.label, error=str(err), batch=len(batch))
+            results = [None] * len(batch)
+            error = InferenceFailed(f"{self.session.label}: inference failed ({type(err).__name__})")
+        done = time.perf_counter()
+        for p, res in zip(batch, results):
+            p.loop.call_soon_threadsafe(_settle, p.future, res, error)
+        if self.observe:
+            for p in batch:
+                self.observe(p.labels, started - p.enqueued, done - started, rows)
