@@ -1,9 +1,9 @@
 """uvicorn vs granian serving the real Shepherd app, in one run on one machine.
 
-    .venv/bin/python benchmarks/asgi.py [--seconds 10] [--warmup 2] [--connections 32] [--rounds 1]
+    .venv/bin/python benchmarks/asgi.py [--seconds 10] [--warmup 2] [--connections 32] [--rounds 3] [--pin]
 
 Each server runs as a subprocess on 127.0.0.1 with one worker, serving `create_app(load(None))`
-over a throwaway data directory:
+over its own throwaway data directory:
 
   uvicorn        uvicorn CLI, --factory --loop uvloop --http httptools (the app runs in that process)
   granian        granian CLI, --factory --interface asgi --loop uvloop --workers 1
@@ -13,6 +13,10 @@ over a throwaway data directory:
 
 Endpoints: GET /v2/health/ready (public, tiny JSON, no I/O) and GET /api/v1/models with a viewer
 bearer token (guard + token cache + a SQLite read on the reader thread pool; empty registry).
+All servers are started up front (idle ones cost nothing) and measured in turn, endpoint by
+endpoint, rotating the order every round, so each comparison is between adjacent time slots:
+small cloud VMs drift by tens of percent over minutes. The ratio columns are the median of the
+per-round paired ratios, with their min-max.
 The load generator is wrk when installed (`apt-get install wrk`), else a built-in asyncio
 keep-alive client (much heavier; its numbers are client-bound on a small machine). Server CPU
 seconds are read from /proc for the server's whole process session, so `req/CPU-s` includes
@@ -120,7 +124,7 @@ def session_cpu_seconds(sid: int) -> float:
 
 
 class Server:
-    def __init__(self, name: str, data_dir: Path, log_dir: Path) -> None:
+    def __init__(self, name: str, data_dir: Path, log_dir: Path, cpus: set[int] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
@@ -128,7 +132,8 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(server_command(name, self.port), cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -183,6 +188,8 @@ class Result:
         return self.requests / self.cpu_s if self.cpu_s else float("nan")
 
 
+_client_prefix: list[str] = []  # ["taskset", "-c", "1"] under --pin
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
@@ -194,7 +201,7 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, seconds: float, connections: int, threads: int, headers: dict[str, str]) -> Result:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
+    cmd = [*_client_prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -312,6 +319,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
+def paired_ratio(a: list[Result], b: list[Result]) -> str:
+    """Median and range of the per-round ratios a/b (round i of a was measured next to round i of b)."""
+    ratios = [x.rps / y.rps for x, y in zip(a, b)]
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}x"
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def report(results: dict[tuple[str, str], list[Result]], servers: list[str]) -> str:
     agg = {k: median_result(v) for k, v in results.items()}
     base = servers[0]
@@ -326,7 +341,7 @@ def report(results: dict[tuple[str, str], list[Result]], servers: list[str]) -> 
         for s in servers:
             row.append(f"{agg[s, ep].rps:,.0f}")
             if s != base:
-                row.append(f"{agg[s, ep].rps / agg[base, ep].rps:.2f}x")
+                row.append(paired_ratio(results[s, ep], results[base, ep]))
         rows.append(row)
     throughput = table(head, rows)
     head2 = ["endpoint", "server", "req/s", "p50 ms", "p99 ms", "server CPU s/s", "req per server CPU-s", "errors"]
@@ -345,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured load before each measurement (default 2)")
     ap.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: keep the client light)")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat, alternating server order; report medians (default 1)")
+    ap.add_argument("--rounds", type=int, default=3, help="repeat, rotating server order; report medians (default 3)")
     ap.add_argument("--servers", default=",".join(SERVERS), help=f"comma list, first is the baseline (default {','.join(SERVERS)})")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    ap.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and the client to CPU 1")
     ap.add_argument("--json", type=Path, help="also write raw per-round results here")
     ap.add_argument("--serve-embedded", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -366,45 +382,61 @@ def main(argv: list[str] | None = None) -> int:
     if client == "python":
         print("note: wrk not found; the built-in Python client is likely the bottleneck (apt-get install wrk)", file=sys.stderr)
 
+    server_cpus = None
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            ap.error("--pin needs at least 2 CPUs")
+        server_cpus = {0}
+        if client == "wrk":
+            _client_prefix[:] = ["taskset", "-c", "1"]
+        else:
+            os.sched_setaffinity(0, {1})
+
     for line in machine_info(client):
         print(line)
     print(f"load: {args.connections} connections, {args.warmup:g}s warmup + {args.seconds:g}s per server per endpoint, "
-          f"{args.rounds} round(s)\n", flush=True)
+          f"{args.rounds} round(s)" + ("; server pinned to CPU 0, client to CPU 1" if args.pin else "; no CPU pinning") + "\n",
+          flush=True)
 
     results: dict[tuple[str, str], list[Result]] = {}
     raw: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="shepherd-bench-") as tmp:
-        data_dir = Path(tmp, "data").resolve()
-        data_dir.mkdir()
-        token = make_token(data_dir)
-        headers = {ep: ({"Authorization": f"Bearer {token}"} if ep.startswith("/api/") else {}) for ep in ENDPOINTS}
+    with tempfile.TemporaryDirectory(prefix="shepherd-bench-") as tmp, contextlib.ExitStack() as stack:
+        running: dict[str, Server] = {}
+        headers: dict[tuple[str, str], dict[str, str]] = {}
+        for name in servers:  # start every server now; each has its own data directory and token
+            data_dir = Path(tmp, f"data-{name}").resolve()
+            data_dir.mkdir()
+            token = make_token(data_dir)
+            for ep in ENDPOINTS:
+                headers[name, ep] = {"Authorization": f"Bearer {token}"} if ep.startswith("/api/") else {}
+            srv = running[name] = Server(name, data_dir, Path(tmp), server_cpus)
+            stack.callback(srv.stop)
+        for name, srv in running.items():
+            try:
+                srv.wait_ready()
+                for ep in ENDPOINTS:  # a correct answer first, so we never benchmark an error page
+                    with urllib.request.urlopen(urllib.request.Request(srv.url(ep), headers=headers[name, ep]), timeout=5) as r:
+                        json.loads(r.read())
+            except Exception:
+                print(f"--- {name} log ---\n{srv.log_tail()}", file=sys.stderr)
+                raise
         for rnd in range(args.rounds):
-            order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-            for name in order:
-                srv = Server(name, data_dir, Path(tmp))
-                try:
-                    srv.wait_ready()
-                    for ep in ENDPOINTS:  # a correct answer first, so we never benchmark an error page
-                        req = urllib.request.Request(srv.url(ep), headers=headers[ep])
-                        with urllib.request.urlopen(req, timeout=5) as r:
-                            body = r.read()
-                        json.loads(body)
-                    for ep in ENDPOINTS:
-                        if args.warmup > 0:
-                            load(srv.url(ep), args.warmup, args.connections, args.threads, headers[ep])
-                        cpu0, t0 = srv.cpu_seconds(), time.monotonic()
-                        res = load(srv.url(ep), args.seconds, args.connections, args.threads, headers[ep])
-                        res.cpu_s, res.seconds = srv.cpu_seconds() - cpu0, time.monotonic() - t0
-                        results.setdefault((name, ep), []).append(res)
-                        raw.append({"round": rnd + 1, "server": name, "endpoint": ep, **res.__dict__})
-                        print(f"round {rnd + 1} {name:<13} GET {ep:<18} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
-                              f"p99 {res.p99_ms:6.2f} ms  server CPU {res.cpu_s / res.seconds:.2f} s/s  errors {res.errors}",
-                              flush=True)
-                except Exception:
-                    print(f"--- {name} log ---\n{srv.log_tail()}", file=sys.stderr)
-                    raise
-                finally:
-                    srv.stop()
+            for ep in ENDPOINTS:
+                order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+                for name in order:
+                    srv = running[name]
+                    if args.warmup > 0:
+                        load(srv.url(ep), args.warmup, args.connections, args.threads, headers[name, ep])
+                    cpu0, t0 = srv.cpu_seconds(), time.monotonic()
+                    res = load(srv.url(ep), args.seconds, args.connections, args.threads, headers[name, ep])
+                    res.cpu_s, res.seconds = srv.cpu_seconds() - cpu0, time.monotonic() - t0
+                    if srv.proc.poll() is not None:
+                        raise RuntimeError(f"{name} died during the run:\n{srv.log_tail()}")
+                    results.setdefault((name, ep), []).append(res)
+                    raw.append({"round": rnd + 1, "server": name, "endpoint": ep, **res.__dict__})
+                    print(f"round {rnd + 1} {name:<13} GET {ep:<18} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
+                          f"p99 {res.p99_ms:6.2f} ms  server CPU {res.cpu_s / res.seconds:.2f} s/s  errors {res.errors}",
+                          flush=True)
 
     print()
     print(report(results, servers))

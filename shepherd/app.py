@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from shepherd import __version__
-from shepherd.api import admin, bundles, health, models
+from shepherd.api import admin, bundles, deployments, health, metrics, models, v2
 from shepherd.api.security import PUBLIC, require_role
 from shepherd.appliance import Appliance
 from shepherd.config import Config
@@ -68,7 +68,10 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
                 await anyio.to_thread.run_sync(appl.close)
 
     return Litestar(
-        route_handlers=[health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController],
+        route_handlers=[
+            health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController,
+            deployments.DeploymentsController, metrics.metrics, *v2.ROUTES,
+        ],
         guards=[require_role],
         lifespan=[lifespan],
         request_max_body_size=config.server.max_request_bytes,

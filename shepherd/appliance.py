@@ -7,6 +7,8 @@ import structlog
 from shepherd.auth import Authenticator
 from shepherd.bundles.importer import Importer, recover
 from shepherd.config import Config
+from shepherd.deploy.manager import DeploymentManager
+from shepherd.serving.metrics import ServingMetrics
 from shepherd.store.blobs import BlobStore
 from shepherd.store.schema import MIGRATIONS
 from shepherd.store.sqlite import Database
@@ -21,7 +23,7 @@ def open_database(config: Config) -> Database:
 
 
 class Appliance:
-    """Stores, importer and authenticator for one data directory."""
+    """Stores, importer, authenticator and deployments for one data directory."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -29,6 +31,8 @@ class Appliance:
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.importer = Importer(config, self.db, self.blobs)
         self.auth = Authenticator(self.db, config.auth.token_cache_seconds)
+        self.metrics = ServingMetrics()
+        self.deployments = DeploymentManager(config, self.db, self.blobs, self.metrics)
         self.ready = False
 
     def start(self) -> None:
@@ -36,10 +40,12 @@ class Appliance:
         if self.ready:
             return
         recover(self.db, self.blobs, self.importer.tmp)
+        self.deployments.restore()
         self.ready = True
         log.info("appliance_ready", data_dir=str(self.config.data_dir))
 
     def close(self) -> None:
         self.ready = False
+        self.deployments.close()
         self.db.close()
         log.info("appliance_stopped")

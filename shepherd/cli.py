@@ -1,4 +1,4 @@
-"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, token, audit."""
+"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit."""
 
 from __future__ import annotations
 
@@ -349,6 +349,61 @@ def tag_delete(client: Any, as_json: bool, name: str, version: int, key: str) ->
     """Remove tag KEY from a version."""
     v = client.request("DELETE", f"/api/v1/models/{name}/versions/{version}/tags/{key}")
     _print_json(v) if as_json else click.echo(f"{name} version {version}: {key} removed")
+
+
+# ------------------------------------------------------------------------------------ deployments
+def _print_slots(rec: dict[str, Any]) -> None:
+    click.echo(f"{rec['name']} ({rec['model']}): primary={rec['primary']} previous={rec['previous']} candidate={rec['candidate']}")
+
+
+@remote_command(main, "deploy")
+@click.argument("deployment")
+@click.argument("model")
+@click.argument("version", type=int)
+def deploy_cmd(client: Any, as_json: bool, deployment: str, model: str, version: int) -> None:
+    """Load and warm MODEL VERSION into the candidate slot of DEPLOYMENT (no traffic until promoted)."""
+    rec = client.request("POST", f"/api/v1/deployments/{deployment}/deploy", json={"model": model, "version": version})
+    _print_json(rec) if as_json else _print_slots(rec)
+
+
+@remote_command(main, "promote")
+@click.argument("deployment")
+def promote_cmd(client: Any, as_json: bool, deployment: str) -> None:
+    """Make the candidate primary; the old primary becomes previous."""
+    rec = client.request("POST", f"/api/v1/deployments/{deployment}/promote")
+    _print_json(rec) if as_json else _print_slots(rec)
+
+
+@remote_command(main, "rollback")
+@click.argument("deployment")
+def rollback_cmd(client: Any, as_json: bool, deployment: str) -> None:
+    """Swap primary and previous at once (no load while previous is warm)."""
+    rec = client.request("POST", f"/api/v1/deployments/{deployment}/rollback")
+    _print_json(rec) if as_json else _print_slots(rec)
+
+
+@remote_command(main, "undeploy")
+@click.argument("deployment")
+def undeploy_cmd(client: Any, as_json: bool, deployment: str) -> None:
+    """Remove DEPLOYMENT; its versions are released after in-flight requests finish."""
+    rec = client.request("DELETE", f"/api/v1/deployments/{deployment}")
+    _print_json(rec) if as_json else click.echo(f"{deployment}: removed")
+
+
+@remote_command(main, "deployments")
+@click.argument("deployment", required=False)
+def deployments_cmd(client: Any, as_json: bool, deployment: str | None) -> None:
+    """List deployments (or show one) with each slot's version, providers and in-flight requests."""
+    found = client.request("GET", f"/api/v1/deployments/{deployment}" if deployment else "/api/v1/deployments")
+    found = [found] if deployment else found
+    if as_json:
+        return _print_json(found)
+    table = [
+        {"deployment": d["name"], "model": d["model"], **s, "providers": ",".join(p.removesuffix("ExecutionProvider") for p in s["providers"])}
+        for d in found
+        for s in d["slots"]
+    ]
+    _print_table(table, ["deployment", "model", "slot", "version", "loaded", "providers", "in_flight", "load_seconds"])
 
 
 # ----------------------------------------------------------------------------------------- token

@@ -73,7 +73,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
-        observe: Callable[[tuple, float, float, int], None] | None = None,
+        observe: Callable[[list[Pending], float, float, int], None] | None = None,
     ) -> None:
         self.session = session
         self.max_rows = max_batch_size if session.batchable else 1
@@ -160,5 +160,7 @@ class Batcher:
         for p, res in zip(batch, results):
             p.loop.call_soon_threadsafe(_settle, p.future, res, error)
         if self.observe:
-            for p in batch:
-                self.observe(p.labels, started - p.enqueued, done - started, rows)
+            try:
+                self.observe(batch, started, done, rows)
+            except Exception:  # metrics must never stop the worker
+                log.exception("batch_observe_failed", model=self.session.label)

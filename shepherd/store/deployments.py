@@ -19,7 +19,7 @@ class DeploymentRecord(msgspec.Struct, kw_only=True):
     updated_at: str = ""
 
 
-_COLS = "name, model, primary_version AS \\"primary\\", previous_version AS previous, candidate_version AS candidate, created_at, updated_at"
+_COLS = "name, model, primary_version AS \"primary\", previous_version AS previous, candidate_version AS candidate, created_at, updated_at"
 
 
 def get(conn: apsw.Connection, name: str) -> DeploymentRecord | None:

@@ -1,0 +1,1 @@
+"""Deployments: load into slots, promote, roll back, undeploy; later strategies and gates."""

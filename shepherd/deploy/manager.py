@@ -1,0 +1,239 @@
+"""The deployment manager: owns every deployment's slots, loads and warms versions, swaps slots.
+
+Rules it keeps:
+- deploy loads and warms a version into `candidate` before anything changes; a failed load or
+  warm-up leaves every slot exactly as it was;
+- promote and rollback build a new SlotSet and assign it in one reference change, then persist;
+  a version that leaves every slot is released only after its in-flight requests drain;
+- the SQLite record and the registry's `production` alias follow each change, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+
+import anyio
+import structlog
+
+from shepherd.config import Config
+from shepherd.errors import Conflict, InvalidInput, NotFound, ShepherdError
+from shepherd.serving.batcher import Batcher, Pending
+from shepherd.serving.engine import LoadError, ModelSession
+from shepherd.serving.metrics import ServingMetrics
+from shepherd.serving.slots import SLOTS, Deployment, LoadedVersion, Slot, SlotSet
+from shepherd.store import deployments as store
+from shepherd.store import registry
+from shepherd.store.blobs import BlobStore, sha256_file
+from shepherd.store.sqlite import Database
+
+log = structlog.get_logger()
+DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+class Unavailable(ShepherdError):
+    """The deployment exists but has nothing to serve this request with."""
+
+    status = 503
+    code = "UNAVAILABLE"
+
+
+class DeploymentManager:
+    def __init__(self, config: Config, db: Database, blobs: BlobStore, metrics: ServingMetrics) -> None:
+        self.config = config
+        self.db = db
+        self.blobs = blobs
+        self.metrics = metrics
+        self.deployments: dict[str, Deployment] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ loading
+    def load_version(self, deployment: str, model: str, version: int) -> LoadedVersion:
+        """Verify the blob, create the session, warm it and start its batcher (blocking; run in a thread)."""
+        started = time.perf_counter()
+        rec = self.db.read(lambda c: registry.get_version(c, model, version))
+        if rec.archived:
+            raise Conflict(f"model {model!r} version {version} is archived; unarchive it before deploying")
+        model_file = next((f for f in rec.files if f.path == "model.onnx"), None)
+        if model_file is None:
+            raise LoadError(f"{model}:{version} has no model.onnx")
+        path = self.blobs.path(model_file.sha256)
+        try:
+            actual, _ = sha256_file(path)
+        except FileNotFoundError:
+            raise LoadError(f"{model}:{version}: model blob {model_file.sha256} is missing from the blob store") from None
+        if actual != model_file.sha256:
+            raise LoadError(f"{model}:{version}: model blob is corrupt (sha256 {actual} != registered {model_file.sha256})")
+        cfg = self.config.serving
+        session = ModelSession(self.config, path, rec.signature, label=f"{model}:{version}")
+        session.warm_up()
+        batcher = Batcher(
+            session, max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us, max_queue_size=cfg.max_queue_size
+        )
+        seconds = time.perf_counter() - started
+        log.info("version_loaded", deployment=deployment, model=model, version=version, providers=session.providers, seconds=round(seconds, 4))
+        loaded = LoadedVersion(model, version, session, batcher, seconds)
+        batcher.observe = functools.partial(self._observe, loaded)
+        return loaded
+
+    def _observe(self, loaded: LoadedVersion, batch: list[Pending], started: float, done: float, rows: int) -> None:
+        m, st = self.metrics, loaded.stats
+        for p in batch:
+            st.queue_ns += int((started - p.enqueued) * 1e9)
+            if p.labels:
+                m.queue_seconds.labels(*p.labels).observe(started - p.enqueued)
+        st.queue_count += len(batch)
+        st.compute_count += 1
+        st.compute_ns += int((done - started) * 1e9)
+        st.execution_count += 1
+        st.inference_count += rows
+        if batch[0].labels:
+            m.compute_seconds.labels(*batch[0].labels).observe(done - started)
+            m.batch_size.labels(*batch[0].labels).observe(rows)
+
+    def _label(self, dep: Deployment) -> None:
+        for slot_name, slot in zip(SLOTS, dep.slots):
+            if slot is not None and slot.loaded is not None:
+                self.metrics.load_seconds.labels(dep.name, dep.model, str(slot.version), slot_name).set(slot.loaded.load_seconds)
+
+    def restore(self) -> None:
+        """Load every deployment's slots as recorded (start-up). A version that fails to load is logged and left empty."""
+        keep_warm = self.config.serving.keep_previous_warm
+        for rec in self.db.read(store.list_all):
+            slots = []
+            for slot_name in SLOTS:
+                version = getattr(rec, slot_name)
+                if version is None:
+                    slots.append(None)
+                    continue
+                loaded = None
+                if slot_name != "previous" or keep_warm:
+                    try:
+                        loaded = self.load_version(rec.name, rec.model, version)
+                    except ShepherdError as err:
+                        log.error("restore_failed", deployment=rec.name, slot=slot_name, version=version, error=err.message)
+                slots.append(Slot(version, loaded))
+            dep = Deployment(rec.name, rec.model, SlotSet(*slots))
+            self.deployments[rec.name] = dep
+            self._label(dep)
+            log.info("deployment_restored", deployment=rec.name, model=rec.model, **dep.slots.versions())
+
+    def close(self) -> None:
+        for dep in self.deployments.values():
+            for loaded in dep.slots.loaded():
+                loaded.close_now()
+        self.deployments.clear()
+
+    # --------------------------------------------------------------- operations
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def get(self, name: str) -> Deployment:
+        dep = self.deployments.get(name)
+        if dep is None:
+            raise NotFound(f"deployment {name!r} does not exist")
+        return dep
+
+    async def _persist(self, dep: Deployment, slots: SlotSet, action: str, actor: str) -> store.DeploymentRecord:
+        rec = store.DeploymentRecord(name=dep.name, model=dep.model, **slots.versions())
+        return await self.db.awrite(lambda c: store.save(c, rec, action=action, actor=actor))
+
+    def _retire(self, old: SlotSet, new: SlotSet) -> None:
+        keep = {id(v) for v in new.loaded()}
+        for v in old.loaded():
+            if id(v) not in keep:
+                v.retire(self.config.serving.drain_timeout_s)
+
+    async def _swap(self, dep: Deployment, new: SlotSet, action: str, actor: str) -> store.DeploymentRecord:
+        """Assign `new` (one reference change), persist it, and release what left; undo on a failed write."""
+        old = dep.slots
+        dep.slots = new
+        try:
+            rec = await self._persist(dep, new, action, actor)
+        except BaseException:
+            dep.slots = old
+            raise
+        self._retire(old, new)
+        self._label(dep)
+        log.info("slots_swapped", deployment=dep.name, action=action, **new.versions())
+        return rec
+
+    async def deploy(self, name: str, model: str, version: int, *, actor: str) -> store.DeploymentRecord:
+        """Load and warm `model` `version` into the candidate slot of `name` (created if new)."""
+        if not DEPLOYMENT_NAME.match(name):
+            raise InvalidInput(f"deployment = {name!r}: must be 1-128 letters, digits, '_', '.', '-'", field="deployment")
+        async with self._lock(name):
+            dep = self.deployments.get(name)
+            if dep is not None and dep.model != model:
+                raise Conflict(f"deployment {name!r} serves model {dep.model!r}, not {model!r}")
+            loaded = await anyio.to_thread.run_sync(self.load_version, name, model, version)
+            fresh = dep is None
+            dep = dep or Deployment(name, model)
+            try:
+                if fresh:
+                    self.deployments[name] = dep
+                rec = await self._swap(dep, dep.slots._replace(candidate=Slot(version, loaded)), "deployment.deploy", actor)
+            except BaseException:
+                if fresh:
+                    self.deployments.pop(name, None)
+                loaded.close_now()
+                raise
+            return rec
+
+    async def promote(self, name: str, *, actor: str) -> store.DeploymentRecord:
+        """candidate -> primary, primary -> previous (kept warm unless serving.keep_previous_warm = false)."""
+        async with self._lock(name):
+            dep = self.get(name)
+            old = dep.slots
+            if old.candidate is None:
+                raise Conflict(f"deployment {name!r} has no candidate to promote; deploy a version first")
+            previous = old.primary
+            if previous is not None and not self.config.serving.keep_previous_warm:
+                previous = Slot(previous.version, None)
+            return await self._swap(dep, SlotSet(primary=old.candidate, previous=previous, candidate=None), "deployment.promote", actor)
+
+    async def rollback(self, name: str, *, actor: str) -> store.DeploymentRecord:
+        """Swap primary and previous; loads nothing when previous is warm."""
+        async with self._lock(name):
+            dep = self.get(name)
+            old = dep.slots
+            if old.previous is None:
+                raise Conflict(f"deployment {name!r} has no previous version to roll back to")
+            previous = old.previous
+            if previous.loaded is None:
+                loaded = await anyio.to_thread.run_sync(self.load_version, name, dep.model, previous.version)
+                previous = Slot(previous.version, loaded)
+            demoted = old.primary
+            if demoted is not None and demoted.loaded is None:
+                demoted = None
+            return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor)
+
+    async def undeploy(self, name: str, *, actor: str) -> store.DeploymentRecord:
+        """Remove the deployment; its versions are released after they drain."""
+        async with self._lock(name):
+            dep = self.get(name)
+            rec = await self.db.awrite(lambda c: store.delete(c, name, actor=actor))
+            del self.deployments[name]
+            self._retire(dep.slots, SlotSet())
+            log.info("deployment_removed", deployment=name)
+            assert rec is not None
+            return rec
+
+    # ------------------------------------------------------------------ routing
+    def route(self, name: str, version: int | None = None) -> tuple[str, LoadedVersion]:
+        """The slot and loaded version that should answer a request (primary when no version is named)."""
+        dep = self.deployments.get(name)
+        if dep is None:
+            raise NotFound(f"model {name!r} is not deployed")
+        slots = dep.slots
+        if version is None:
+            if slots.primary is None or slots.primary.loaded is None:
+                raise Unavailable(f"deployment {name!r} has no primary version loaded; promote a candidate first")
+            return "primary", slots.primary.loaded
+        found = slots.find(version)
+        if found is None:
+            loaded = ", ".join(str(s.version) for s in slots if s is not None and s.loaded is not None) or "none"
+            raise NotFound(f"version {version} of {name!r} is not loaded (loaded versions: {loaded})")
+        return found

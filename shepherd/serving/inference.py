@@ -1,0 +1,98 @@
+"""One inference request end to end: route, decode and validate, batch, run, encode, count.
+
+Kept out of the HTTP layer so that the V2 routes stay thin and tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shepherd.errors import InvalidInput, ShepherdError
+from shepherd.serving import codec
+from shepherd.serving.batcher import Pending
+from shepherd.deploy.manager import DeploymentManager
+from shepherd.serving.metrics import ServingMetrics
+
+ROUTE_ATTEMPTS = 3
+
+
+class RequestTimeout(ShepherdError):
+    """The request was not answered within serving.request_timeout_ms."""
+
+    status = 504
+    code = "TIMEOUT"
+
+
+class InferResult:
+    __slots__ = ("body", "header_length", "version")
+
+    def __init__(self, body: bytes, header_length: int | None, version: int) -> None:
+        self.body = body
+        self.header_length = header_length
+        self.version = version
+
+
+def parse_version(version: str | None) -> int | None:
+    """V2 versions are numeric; '' or None means 'route by policy'."""
+    if version is None or version == "":
+        return None
+    if not version.isdigit():
+        raise InvalidInput(f"version = {version!r}: versions are numbers", field="version")
+    return int(version)
+
+
+async def infer(
+    manager: DeploymentManager,
+    metrics: ServingMetrics,
+    name: str,
+    version: str | None,
+    body: bytes,
+    header_length: int | str | None,
+    timeout: float,
+) -> InferResult:
+    """Serve one V2 infer request against deployment `name` (optionally a pinned version)."""
+    started = time.perf_counter()
+    pinned = parse_version(version)
+    for _ in range(ROUTE_ATTEMPTS):
+        slot, loaded = manager.route(name, pinned)
+        if loaded.acquire():
+            break
+    else:  # pragma: no cover - only when swaps race this request three times
+        raise ShepherdError(f"{name}: could not route the request; retry")
+    labels = (name, loaded.model, str(loaded.version), slot)
+    metrics.in_flight.labels(*labels).inc()
+    outcome = "failure"
+    try:
+        request = codec.decode_request(body, header_length, loaded.signature)
+        pending: Pending = loaded.batcher.submit(request.inputs, labels)
+        metrics.queue_depth.labels(*labels).set(loaded.batcher.depth())
+        try:
+            outputs = await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except TimeoutError:
+            pending.dropped = True
+            raise RequestTimeout(f"{name}: no answer within {timeout * 1000:.0f} ms") from None
+        out_body, out_header = codec.encode_response(
+            model_name=name,
+            model_version=str(loaded.version),
+            request_id=request.id,
+            outputs=outputs,
+            requested=request.outputs,
+            binary_default=request.binary_output_default,
+        )
+        outcome = "success"
+        return InferResult(out_body, out_header, loaded.version)
+    finally:
+        elapsed = time.perf_counter() - started
+        st = loaded.stats
+        if outcome == "success":
+            st.success_count += 1
+            st.success_ns += int(elapsed * 1e9)
+        else:
+            st.fail_count += 1
+            st.fail_ns += int(elapsed * 1e9)
+        st.last_inference_ms = int(time.time() * 1000)
+        loaded.release()
+        metrics.in_flight.labels(*labels).dec()
+        metrics.requests.labels(*labels, outcome).inc()
+        metrics.request_seconds.labels(*labels).observe(elapsed)

@@ -1,0 +1,204 @@
+"""Deployments: load into candidate, promote, rollback, restore, failed loads, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+import pytest
+
+from shepherd import config as config_mod
+from shepherd.appliance import Appliance
+from shepherd.deploy.manager import Unavailable
+from shepherd.errors import Conflict, NotFound
+from shepherd.serving.engine import LoadError
+from shepherd.store import audit, registry
+from tests.conftest import snapshot
+
+
+@pytest.fixture
+def seeded(appliance, make_bundle):
+    for bias in (1.0, 2.0, 3.0):
+        appliance.importer.import_file(make_bundle(bias=bias), actor="t")
+    return appliance
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def slots(appl: Appliance, name: str = "d") -> dict[str, int | None]:
+    return appl.deployments.get(name).slots.versions()
+
+
+def test_deploy_promote_rollback_cycle(seeded):
+    """deploy fills candidate; promote moves it to primary; rollback swaps primary and previous without loading."""
+    mgr = seeded.deployments
+
+    async def scenario():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        assert slots(seeded) == {"primary": None, "previous": None, "candidate": 1}
+        with pytest.raises(Unavailable):
+            mgr.route("d")
+        assert mgr.route("d", 1)[0] == "candidate"
+        await mgr.promote("d", actor="t")
+        await mgr.deploy("d", "tiny", 2, actor="t")
+        await mgr.promote("d", actor="t")
+        assert slots(seeded) == {"primary": 2, "previous": 1, "candidate": None}
+        loads = []
+        original = mgr.load_version
+        mgr.load_version = lambda *a: loads.append(a) or original(*a)
+        await mgr.rollback("d", actor="t")
+        assert loads == []
+        assert slots(seeded) == {"primary": 1, "previous": 2, "candidate": None}
+        assert mgr.route("d")[1].version == 1
+
+    run(scenario())
+    assert seeded.db.read(lambda c: registry.resolve(c, "tiny", "production")).version == 1
+    actions = [e.action for e in seeded.db.read(lambda c: audit.query(c, action="deployment."))]
+    assert actions == ["deployment.deploy", "deployment.promote", "deployment.deploy", "deployment.promote", "deployment.rollback"]
+
+
+def test_outputs_match_onnxruntime(seeded):
+    """A request through the batcher returns what onnxruntime computes directly (y = x + bias)."""
+    import numpy as np
+
+    mgr = seeded.deployments
+
+    async def scenario():
+        await mgr.deploy("d", "tiny", 2, actor="t")
+        await mgr.promote("d", actor="t")
+        _, lv = mgr.route("d")
+        xs = [np.random.default_rng(i).random((1 + i % 3, 3), dtype=np.float32) for i in range(40)]
+        pend = [lv.batcher.submit({"x": x}) for x in xs]
+        outs = await asyncio.gather(*(p.future for p in pend))
+        for x, out in zip(xs, outs):
+            np.testing.assert_array_equal(out["y"], lv.session.run({"x": x})[0])
+            np.testing.assert_allclose(out["y"], x + 2.0)
+        assert lv.stats.execution_count < 40, "40 concurrent requests should have been batched"
+        assert lv.stats.inference_count == sum(x.shape[0] for x in xs)
+
+    run(scenario())
+
+
+def test_restart_restores_slots(seeded, config):
+    """A new process on the same data directory loads the same versions into the same slots."""
+    mgr = seeded.deployments
+
+    async def scenario():
+        for v in (1, 2):
+            await mgr.deploy("d", "tiny", v, actor="t")
+            await mgr.promote("d", actor="t")
+        await mgr.deploy("d", "tiny", 3, actor="t")
+
+    run(scenario())
+    before = slots(seeded)
+    seeded.close()
+    again = Appliance(config)
+    again.start()
+    try:
+        assert slots(again) == before == {"primary": 2, "previous": 1, "candidate": 3}
+        assert all(s.loaded is not None for s in again.deployments.get("d").slots)
+    finally:
+        again.close()
+
+
+
+def test_failed_load_changes_nothing(seeded, config):
+    """Deploying a version whose blob is corrupt fails and leaves every slot, record and alias as it was."""
+    mgr = seeded.deployments
+
+    async def setup():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        await mgr.promote("d", actor="t")
+
+    run(setup())
+    rec = seeded.db.read(lambda c: registry.get_version(c, "tiny", 2))
+    blob = seeded.blobs.path(next(f.sha256 for f in rec.files if f.path == "model.onnx"))
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"garbage")
+    before_slots, before_db = slots(seeded), snapshot(config.data_dir)
+    with pytest.raises(LoadError, match="corrupt"):
+        run(mgr.deploy("d", "tiny", 2, actor="t"))
+    assert slots(seeded) == before_slots
+    assert snapshot(config.data_dir)["tables"] == before_db["tables"]
+    assert mgr.route("d")[1].version == 1
+
+
+def test_rules_for_bad_operations(seeded):
+    """Promote without candidate, rollback without previous, unknown names and a second model are refused."""
+    mgr = seeded.deployments
+
+    async def scenario():
+        with pytest.raises(NotFound):
+            await mgr.promote("nope", actor="t")
+        with pytest.raises(NotFound, match="no version 9"):
+            await mgr.deploy("d", "tiny", 9, actor="t")
+        assert "d" not in mgr.deployments
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        with pytest.raises(Conflict, match="no previous"):
+            await mgr.rollback("d", actor="t")
+        await mgr.promote("d", actor="t")
+        with pytest.raises(Conflict, match="no candidate"):
+            await mgr.promote("d", actor="t")
+        with pytest.raises(Conflict, match="serves model"):
+            await mgr.deploy("d", "other", 1, actor="t")
+
+    run(scenario())
+
+
+def test_cold_previous_is_reloaded_on_rollback(tmp_path, keys, make_bundle):
+    """With keep_previous_warm = false, promote unloads the old primary and rollback loads it back first."""
+    cfg = config_mod.parse(
+        {"storage": {"data_dir": str(tmp_path / "cold")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)}, "serving": {"keep_previous_warm": False}}
+    )
+    appl = Appliance(cfg)
+    appl.start()
+    try:
+        for bias in (1.0, 2.0):
+            appl.importer.import_file(make_bundle(bias=bias), actor="t")
+        mgr = appl.deployments
+
+        async def scenario():
+            for v in (1, 2):
+                await mgr.deploy("d", "tiny", v, actor="t")
+                await mgr.promote("d", actor="t")
+            assert mgr.get("d").slots.previous.loaded is None
+            await mgr.rollback("d", actor="t")
+            assert mgr.route("d")[1].version == 1
+
+        run(scenario())
+    finally:
+        appl.close()
+
+
+def test_retired_version_drains_before_release(seeded):
+    """A version that leaves its slot keeps serving its in-flight requests and is released only after them."""
+    mgr = seeded.deployments
+
+    async def scenario():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        await mgr.promote("d", actor="t")
+        _, old = mgr.route("d")
+        assert old.acquire()
+        await mgr.deploy("d", "tiny", 2, actor="t")
+        await mgr.promote("d", actor="t")
+        await mgr.deploy("d", "tiny", 3, actor="t")
+        await mgr.promote("d", actor="t")  # version 1 leaves every slot now
+        await asyncio.sleep(0.2)
+        assert old.batcher._thread.is_alive(), "released while a request was in flight"
+        import numpy as np
+
+        out = await old.batcher.submit({"x": np.zeros((1, 3), np.float32)}).future
+        assert out["y"].tolist() == [[1.0, 1.0, 1.0]]
+        old.release()
+        for _ in range(50):
+            if not old.batcher._thread.is_alive():
+                break
+            await asyncio.sleep(0.05)
+        assert not old.batcher._thread.is_alive()
+        assert not old.acquire()
+
+    run(scenario())
+
