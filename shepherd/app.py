@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import structlog
@@ -53,6 +54,16 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     return Response({"error": "internal error; see the server log", "code": "INTERNAL_ERROR"}, status_code=500)
 
 
+def _operation_id(handler: Any, method: str, components: list[Any]) -> str:
+    """A unique OpenAPI operationId from the handler, method and every path component.
+
+    Litestar's default drops a component whose name is contained in an earlier one ("model" in
+    "models"), which makes /v2/models/stats and /v2/models/{model}/stats collide.
+    """
+    parts = [getattr(c, "name", c) for c in components]
+    return "".join(p.title() for p in [*parts, method.lower(), handler.handler_name]).replace("_", "").replace("-", "").replace(".", "")
+
+
 def create_app(config: Config, *, appliance: Appliance | None = None) -> Litestar:
     """The Litestar app for `config`. The lifespan opens (or adopts) the appliance and closes it."""
 
@@ -85,6 +96,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
             title="Shepherd",
             version=__version__,
             path="/schema",
+            operation_id_creator=_operation_id,
             render_plugins=[SwaggerRenderPlugin()],
             openapi_router=Router(path="/schema", route_handlers=[], opt=PUBLIC),
         ),

@@ -130,6 +130,22 @@ sections = st.fixed_dictionaries(
             }
         ),
         "auth": st.fixed_dictionaries({"token_cache_seconds": st.floats(0, 300)}),
+        "serving": st.fixed_dictionaries(
+            {
+                "providers": st.lists(st.sampled_from(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]), min_size=1, max_size=3),
+                "intra_op_threads": st.integers(0, 1024),
+                "inter_op_threads": st.integers(0, 1024),
+                "trt_engine_cache_dir": st.sampled_from(["", "/var/cache/trt"]),
+                "trt_fp16": st.booleans(),
+                "trt_workspace_bytes": st.integers(1, 2**40),
+                "keep_previous_warm": st.booleans(),
+                "max_batch_size": st.integers(1, 65536),
+                "max_queue_delay_us": st.integers(0, 10_000_000),
+                "max_queue_size": st.integers(1, 1_000_000),
+                "request_timeout_ms": st.integers(1, 3_600_000),
+                "drain_timeout_s": st.floats(0, 3600),
+            }
+        ),
         "logging": st.fixed_dictionaries({"level": st.sampled_from(["debug", "info", "warning", "error"]), "format": st.sampled_from(["auto", "json", "console"])}),
     }
 )

@@ -58,7 +58,7 @@ def model_ready(request: Request, model: FromPath[str], version: FromPath[str | 
     return {"name": model, "ready": True}
 
 
-@post(_versioned("/infer"), opt=VIEWER, tags=["v2"])
+@post(_versioned("/infer"), opt=VIEWER, status_code=200, tags=["v2"])
 async def infer(request: Request, model: FromPath[str], version: FromPath[str | None] = None) -> Response[bytes]:
     """Run inference: JSON, or Triton's binary tensor extension when Inference-Header-Content-Length is set."""
     appl = _app(request)

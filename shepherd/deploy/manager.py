@@ -146,18 +146,23 @@ class DeploymentManager:
             if id(v) not in keep:
                 v.retire(self.config.serving.drain_timeout_s)
 
-    async def _swap(self, dep: Deployment, new: SlotSet, action: str, actor: str) -> store.DeploymentRecord:
+    async def _swap(self, dep: Deployment, new: SlotSet, action: str, actor: str, began: float) -> store.DeploymentRecord:
         """Assign `new` (one reference change), persist it, and release what left; undo on a failed write."""
         old = dep.slots
         dep.slots = new
+        effective = time.perf_counter() - began
         try:
             rec = await self._persist(dep, new, action, actor)
         except BaseException:
             dep.slots = old
             raise
+        durable = time.perf_counter() - began
+        kind = action.rpartition(".")[2]
+        self.metrics.swap_seconds.labels(dep.name, kind, "effective").set(effective)
+        self.metrics.swap_seconds.labels(dep.name, kind, "durable").set(durable)
         self._retire(old, new)
         self._label(dep)
-        log.info("slots_swapped", deployment=dep.name, action=action, **new.versions())
+        log.info("slots_swapped", deployment=dep.name, action=action, effective_us=round(effective * 1e6, 1), durable_ms=round(durable * 1e3, 3), **new.versions())
         return rec
 
     async def deploy(self, name: str, model: str, version: int, *, actor: str) -> store.DeploymentRecord:
@@ -169,12 +174,13 @@ class DeploymentManager:
             if dep is not None and dep.model != model:
                 raise Conflict(f"deployment {name!r} serves model {dep.model!r}, not {model!r}")
             loaded = await anyio.to_thread.run_sync(self.load_version, name, model, version)
+            began = time.perf_counter()
             fresh = dep is None
             dep = dep or Deployment(name, model)
             try:
                 if fresh:
                     self.deployments[name] = dep
-                rec = await self._swap(dep, dep.slots._replace(candidate=Slot(version, loaded)), "deployment.deploy", actor)
+                rec = await self._swap(dep, dep.slots._replace(candidate=Slot(version, loaded)), "deployment.deploy", actor, began)
             except BaseException:
                 if fresh:
                     self.deployments.pop(name, None)
@@ -185,6 +191,7 @@ class DeploymentManager:
     async def promote(self, name: str, *, actor: str) -> store.DeploymentRecord:
         """candidate -> primary, primary -> previous (kept warm unless serving.keep_previous_warm = false)."""
         async with self._lock(name):
+            began = time.perf_counter()
             dep = self.get(name)
             old = dep.slots
             if old.candidate is None:
@@ -192,11 +199,12 @@ class DeploymentManager:
             previous = old.primary
             if previous is not None and not self.config.serving.keep_previous_warm:
                 previous = Slot(previous.version, None)
-            return await self._swap(dep, SlotSet(primary=old.candidate, previous=previous, candidate=None), "deployment.promote", actor)
+            return await self._swap(dep, SlotSet(primary=old.candidate, previous=previous, candidate=None), "deployment.promote", actor, began)
 
     async def rollback(self, name: str, *, actor: str) -> store.DeploymentRecord:
         """Swap primary and previous; loads nothing when previous is warm."""
         async with self._lock(name):
+            began = time.perf_counter()
             dep = self.get(name)
             old = dep.slots
             if old.previous is None:
@@ -208,7 +216,7 @@ class DeploymentManager:
             demoted = old.primary
             if demoted is not None and demoted.loaded is None:
                 demoted = None
-            return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor)
+            return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor, began)
 
     async def undeploy(self, name: str, *, actor: str) -> store.DeploymentRecord:
         """Remove the deployment; its versions are released after they drain."""

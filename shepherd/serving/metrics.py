@@ -22,4 +22,9 @@ class ServingMetrics:
         self.batch_size = Histogram("shepherd_inference_batch_size", "Rows per model run.", LABELS, buckets=BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge("shepherd_inference_in_flight", "Requests being served now.", LABELS, registry=r)
         self.queue_depth = Gauge("shepherd_inference_queue_depth", "Requests waiting in the batch queue.", LABELS, registry=r)
+        self.swap_seconds = Gauge(
+            "shepherd_deployment_swap_seconds",
+            "Last slot change of a deployment: from the operation's start to the new slots taking traffic (phase=effective), and to the change being durable in SQLite (phase=durable).",
+            ["deployment", "action", "phase"], registry=r,
+        )
         self.load_seconds = Gauge("shepherd_model_load_seconds", "Time to load and warm the version in this slot.", LABELS, registry=r)

@@ -28,6 +28,26 @@ def _tag(key: str) -> Callable:
     return lambda env: env["db"].write(lambda c: registry.set_tag(c, "tiny", 1, key, "v", actor="setup"))
 
 
+def _admin(env: dict, method: str, path: str, **kw: Any) -> None:
+    resp = env["api"].request(method, path, headers=bearer(env["admin"]), **kw)
+    assert resp.status_code < 300, resp.text
+
+
+def _candidate(env: dict) -> None:
+    _admin(env, "POST", "/api/v1/deployments/d/deploy", json={"model": "tiny", "version": 1})
+
+
+def _deployment(name: str) -> Callable:
+    return lambda env: _admin(env, "POST", f"/api/v1/deployments/{name}/deploy", json={"model": "tiny", "version": 1})
+
+
+def _loaded(env: dict) -> None:
+    _admin(env, "POST", "/v2/repository/models/tiny/load")
+
+
+INFER = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+
+
 def _new_token(env: dict) -> None:
     env["victim"] = create_token(env["db"], role="viewer", name="victim", actor="setup")[1].id
 
@@ -46,13 +66,35 @@ CASES = [
     Case("DELETE", "/api/v1/models/{name:str}/aliases/{alias:str}", "/api/v1/models/tiny/aliases/gone", "operator", {200}, setup=_alias("gone")),
     Case("PUT", "/api/v1/models/{name:str}/versions/{version:int}/tags/{key:str}", "/api/v1/models/tiny/versions/1/tags/team", "operator", {200}, body={"value": "x"}),
     Case("DELETE", "/api/v1/models/{name:str}/versions/{version:int}/tags/{key:str}", "/api/v1/models/tiny/versions/1/tags/old", "operator", {200}, setup=_tag("old")),
-    Case("POST", "/api/v1/models/{name:str}/versions/{version:int}/archive", "/api/v1/models/tiny/versions/2/archive", "operator", {200}),
-    Case("POST", "/api/v1/models/{name:str}/versions/{version:int}/unarchive", "/api/v1/models/tiny/versions/2/unarchive", "operator", {200}),
+    Case("POST", "/api/v1/models/{name:str}/versions/{version:int}/archive", "/api/v1/models/tiny/versions/3/archive", "operator", {200}),
+    Case("POST", "/api/v1/models/{name:str}/versions/{version:int}/unarchive", "/api/v1/models/tiny/versions/3/unarchive", "operator", {200}),
     Case("POST", "/api/v1/bundles", "/api/v1/bundles", "operator", {200, 201}, body="bundle"),
     Case("GET", "/api/v1/audit", "/api/v1/audit", "admin", {200}),
     Case("GET", "/api/v1/tokens", "/api/v1/tokens", "admin", {200}),
     Case("POST", "/api/v1/tokens", "/api/v1/tokens", "admin", {201}, body={"role": "viewer", "name": "ci"}),
     Case("DELETE", "/api/v1/tokens/{token_id:str}", "/api/v1/tokens/{victim}", "admin", {200}, setup=_new_token),
+    Case("GET", "/api/v1/deployments", "/api/v1/deployments", "viewer", {200}),
+    Case("GET", "/api/v1/deployments/{name:str}", "/api/v1/deployments/d", "viewer", {200}),
+    Case("POST", "/api/v1/deployments/{name:str}/deploy", "/api/v1/deployments/d/deploy", "operator", {200}, body={"model": "tiny", "version": 1}),
+    Case("POST", "/api/v1/deployments/{name:str}/promote", "/api/v1/deployments/d/promote", "operator", {200}, setup=_candidate),
+    Case("POST", "/api/v1/deployments/{name:str}/rollback", "/api/v1/deployments/d/rollback", "operator", {200}),
+    Case("DELETE", "/api/v1/deployments/{name:str}", "/api/v1/deployments/gone", "operator", {200}, setup=_deployment("gone")),
+    Case("GET", "/metrics", "/metrics", "viewer", {200}),
+    Case("GET", "/v2", "/v2", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}", "/v2/models/d", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/versions/{version:str}", "/v2/models/d/versions/1", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/ready", "/v2/models/d/ready", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/versions/{version:str}/ready", "/v2/models/d/versions/2/ready", "viewer", {200}),
+    Case("POST", "/v2/models/{model:str}/infer", "/v2/models/d/infer", "viewer", {200}, body=INFER),
+    Case("POST", "/v2/models/{model:str}/versions/{version:str}/infer", "/v2/models/d/versions/1/infer", "viewer", {200}, body=INFER),
+    Case("GET", "/v2/models/{model:str}/config", "/v2/models/d/config", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/versions/{version:str}/config", "/v2/models/d/versions/1/config", "viewer", {200}),
+    Case("GET", "/v2/models/stats", "/v2/models/stats", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/stats", "/v2/models/d/stats", "viewer", {200}),
+    Case("GET", "/v2/models/{model:str}/versions/{version:str}/stats", "/v2/models/d/versions/2/stats", "viewer", {200}),
+    Case("POST", "/v2/repository/index", "/v2/repository/index", "viewer", {200}),
+    Case("POST", "/v2/repository/models/{model:str}/load", "/v2/repository/models/tiny/load", "operator", {200}),
+    Case("POST", "/v2/repository/models/{model:str}/unload", "/v2/repository/models/tiny/unload", "operator", {200}, setup=_loaded),
 ]
 
 
@@ -72,8 +114,12 @@ def test_route_by_role(api, appliance, tokens, make_bundle, case):
     """Below the route's role: 401 without a token, 403 with one; at or above it: success."""
     appliance.importer.import_file(make_bundle(bias=1.0), actor="setup")
     appliance.importer.import_file(make_bundle(bias=2.0), actor="setup")
+    appliance.importer.import_file(make_bundle(bias=5.0), actor="setup")  # version 3: never deployed
     bundle = make_bundle(bias=3.0).read_bytes()
-    env: dict[str, Any] = {"db": appliance.db}
+    env: dict[str, Any] = {"db": appliance.db, "api": api, "admin": tokens["admin"]}
+    for version in (1, 2):  # deployment d: primary 2, previous 1
+        _admin(env, "POST", "/api/v1/deployments/d/deploy", json={"model": "tiny", "version": version})
+        _admin(env, "POST", "/api/v1/deployments/d/promote")
     for role in ROLES:
         if case.setup:
             case.setup(env)
