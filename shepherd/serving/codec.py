@@ -535,9 +535,18 @@ def validate(req: DecodedRequest, signature: Any) -> None:
 # -- encode -------------------------------------------------------------------------------------
 
 
+_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in V2_TO_NUMPY.items() if name != "BYTES"}
+
+
 def v2_datatype(dtype: np.dtype) -> str | None:
-    """The V2 datatype of a numpy dtype (str/bytes/object are BYTES), or None if there is none."""
-    return NUMPY_TO_V2.get(dtype.type)
+    """The V2 datatype of a numpy dtype (str/bytes/object are BYTES), or None if there is none.
+
+    Looked up by kind and size, not by scalar type: numpy has distinct types of equal width
+    (`longlong` and `int64` on Linux), and ONNX Runtime may return either.
+    """
+    if dtype.kind in _BYTES_OUTPUT_KINDS:
+        return "BYTES"
+    return _BY_KIND.get((dtype.kind, dtype.itemsize))
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -594,7 +603,7 @@ def encode_response(
     chunks: list[bytes] = []
     for name, arr, binary in items:
         arr = np.asarray(arr)
-        datatype = NUMPY_TO_V2.get(arr.dtype.type)
+        datatype = v2_datatype(arr.dtype)
         if datatype is None:
             raise ShepherdError(f"output '{name}' has numpy dtype {arr.dtype}, which has no V2 datatype")
         if binary:
