@@ -22,9 +22,16 @@ demo: .demo/iris.shb
 	@test -s .demo/admin.token || { $(BIN)/shepherd token create --role admin --name demo-admin --config configs/demo.toml > .demo/admin.token; }
 	@echo "admin token (also in .demo/admin.token): $$(cat .demo/admin.token)"
 
+# Serve in the background, deploy the demo once (deployments survive restarts), then wait on the server.
 run: demo
-	@echo "try: curl -H \"Authorization: Bearer $$(cat .demo/admin.token)\" http://127.0.0.1:8080/api/v1/models"
-	$(BIN)/shepherd serve --config configs/demo.toml --import .demo/iris.shb
+	@$(BIN)/shepherd serve --config configs/demo.toml --import .demo/iris.shb & pid=$$!; \
+	trap 'kill $$pid; wait $$pid' INT TERM; \
+	export SHEPHERD_TOKEN=$$(cat .demo/admin.token); \
+	$(BIN)/shepherd wait-ready && \
+	{ $(BIN)/shepherd deployments iris >/dev/null 2>&1 || { $(BIN)/shepherd deploy iris iris 1 && $(BIN)/shepherd promote iris; }; } && \
+	echo "ready: export SHEPHERD_TOKEN=$$SHEPHERD_TOKEN; try: .venv/bin/shepherd deployments" && \
+	echo "       curl -H \"Authorization: Bearer $$SHEPHERD_TOKEN\" -d '{\"inputs\":[{\"name\":\"X\",\"datatype\":\"FP32\",\"shape\":[1,4],\"data\":[5.1,3.5,1.4,0.2]}]}' http://127.0.0.1:8080/v2/models/iris/infer"; \
+	wait $$pid
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

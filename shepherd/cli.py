@@ -351,6 +351,26 @@ def tag_delete(client: Any, as_json: bool, name: str, version: int, key: str) ->
     _print_json(v) if as_json else click.echo(f"{name} version {version}: {key} removed")
 
 
+@main.command("wait-ready")
+@click.option("--url", envvar="SHEPHERD_URL", default="http://127.0.0.1:8080", show_default=True, help="Base URL of the server.")
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True, help="Seconds to wait.")
+def wait_ready(url: str, timeout: float) -> None:
+    """Wait until GET /v2/health/ready answers 200 (for scripts); exit 1 on timeout."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url.rstrip("/") + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _fail(f"{url} was not ready within {timeout:g} s")
+
+
 # ------------------------------------------------------------------------------------ deployments
 def _print_slots(rec: dict[str, Any]) -> None:
     click.echo(f"{rec['name']} ({rec['model']}): primary={rec['primary']} previous={rec['previous']} candidate={rec['candidate']}")
