@@ -61,12 +61,13 @@ async def infer(
     else:  # pragma: no cover - only when swaps race this request three times
         raise ShepherdError(f"{name}: could not route the request; retry")
     labels = (name, loaded.model, str(loaded.version), slot)
-    metrics.in_flight.labels(*labels).inc()
+    bound = metrics.bound(labels)
+    bound.in_flight.inc()
     outcome = "failure"
     try:
         request = codec.decode_request(body, header_length, loaded.signature)
         pending: Pending = loaded.batcher.submit(request.inputs, labels)
-        metrics.queue_depth.labels(*labels).set(loaded.batcher.depth())
+        bound.queue_depth.set(loaded.batcher.depth())
         try:
             outputs = await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except TimeoutError:
@@ -93,6 +94,6 @@ async def infer(
             st.fail_ns += int(elapsed * 1e9)
         st.last_inference_ms = int(time.time() * 1000)
         loaded.release()
-        metrics.in_flight.labels(*labels).dec()
-        metrics.requests.labels(*labels, outcome).inc()
-        metrics.request_seconds.labels(*labels).observe(elapsed)
+        bound.in_flight.dec()
+        (bound.success if outcome == "success" else bound.failure).inc()
+        bound.request_seconds.observe(elapsed)

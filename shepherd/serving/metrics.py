@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LABELS = ("deployment", "model", "version", "slot")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Bound(NamedTuple):
+    """The per-request metric children of one (deployment, model, version, slot), bound once."""
+
+    success: Any
+    failure: Any
+    request_seconds: Any
+    in_flight: Any
+    queue_depth: Any
 
 
 class ServingMetrics:
@@ -15,6 +27,7 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._bound: dict[tuple[str, str, str, str], Bound] = {}
         self.requests = Counter("shepherd_inference_requests", "Inference requests by outcome.", [*LABELS, "outcome"], registry=r)
         self.request_seconds = Histogram("shepherd_inference_request_seconds", "Whole-request latency, decode to encode.", LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.queue_seconds = Histogram("shepherd_inference_queue_seconds", "Time a request waited in the batch queue.", LABELS, buckets=LATENCY_BUCKETS, registry=r)
@@ -28,3 +41,17 @@ class ServingMetrics:
             ["deployment", "action", "phase"], registry=r,
         )
         self.load_seconds = Gauge("shepherd_model_load_seconds", "Time to load and warm the version in this slot.", LABELS, registry=r)
+
+    def bound(self, labels: tuple[str, str, str, str]) -> Bound:
+        """Metric children for `labels`, cached: `.labels()` costs a lock and dict lookups per call."""
+        hit = self._bound.get(labels)
+        if hit is None:
+            hit = Bound(
+                self.requests.labels(*labels, "success"),
+                self.requests.labels(*labels, "failure"),
+                self.request_seconds.labels(*labels),
+                self.in_flight.labels(*labels),
+                self.queue_depth.labels(*labels),
+            )
+            self._bound[labels] = hit
+        return hit

@@ -1,0 +1,1 @@
+"""Monitoring: drift kernels (Numba), streaming detectors, reference profiles, windows and alerts."""
