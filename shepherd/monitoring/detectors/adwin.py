@@ -1,11 +1,12 @@
 """ADaptive WINdowing (Bifet & Gavaldà, 2007), a line-by-line port of river's ADWIN.
 
-river's ``drift.ADWIN`` keeps its window in ``AdaptiveWindowing`` (Rust since river 0.23, Cython
-``adwin_c.pyx`` before): an exponential histogram where level ``k`` holds up to ``max_buckets``
-buckets that each summarise ``2**k`` values (their total and their variance). Every ``clock`` values
-all cut points of the window are tested; when two sub-windows' means differ by more than the
-Hoeffding-style bound, the oldest bucket is dropped and a drift is flagged. The arithmetic below
-keeps river's operation order so that the float results, and hence the detections, are identical.
+river's ``drift.ADWIN`` keeps its window in ``AdaptiveWindowing`` (``rust_src/adwin.rs`` in river
+0.26, itself a port of the older Cython ``adwin_c.pyx``): an exponential histogram where level ``k``
+holds up to ``max_buckets`` buckets that each summarise ``2**k`` values (their total and their
+variance). Every ``clock`` values all cut points of the window are tested; while two sub-windows'
+means differ by more than the Hoeffding-style bound, the oldest bucket is dropped, and a drift is
+flagged. The arithmetic below keeps river's operation order so that every float, and hence every
+detection, is identical.
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ def _update_many(s, xs):
 
 
 class ADWIN(Detector):
-    """Adaptive Windowing: keeps the longest recent window whose two halves agree in mean.
+    """Adaptive Windowing: keeps the longest recent window in which no two sub-windows differ in mean.
+
+    As in river, the update after a detection starts again from an empty window.
 
     Parameters
     ----------
@@ -211,7 +214,14 @@ class ADWIN(Detector):
     _update_one = staticmethod(_update_one)
     _update_many = staticmethod(_update_many)
 
-    def __init__(self, delta=0.002, clock=32, max_buckets=5, min_window_length=5, grace_period=10) -> None:
+    def __init__(
+        self,
+        delta: float = 0.002,
+        clock: int = 32,
+        max_buckets: int = 5,
+        min_window_length: int = 5,
+        grace_period: int = 10,
+    ) -> None:
         if max_buckets < 1 or clock < 1:
             raise ValueError("max_buckets and clock must be at least 1")
         self.delta = delta
@@ -221,26 +231,26 @@ class ADWIN(Detector):
         self.grace_period = grace_period
         super().__init__()
 
-    def _initial_state(self) -> tuple[np.ndarray, ...]:
+    def _initial_state(self) -> np.ndarray:
         s = np.zeros(_B + 2 * _LEVELS * (self.max_buckets + 1))
         s[_DELTA:_N_LEVELS] = self.delta, self.min_window_length, self.grace_period, self.clock, self.max_buckets
         _reset(s)
-        return (s,)
+        return s
 
     @property
     def width(self) -> float:
         """Number of values in the window."""
-        return float(self._state[0][_WIDTH])
+        return float(self._s[_WIDTH])
 
     @property
     def total(self) -> float:
         """Sum of the values in the window."""
-        return float(self._state[0][_TOTAL])
+        return float(self._s[_TOTAL])
 
     @property
     def variance(self) -> float:
         """Sum of squared deviations from the mean in the window (river's ``variance``)."""
-        return float(self._state[0][_VARIANCE])
+        return float(self._s[_VARIANCE])
 
     @property
     def estimation(self) -> float:

@@ -117,10 +117,10 @@ class DDM(Detector):
     @property
     def warning_detected(self) -> bool:
         """Whether the last update put the detector in the warning zone."""
-        return bool(self._state[0][_WARNING])
+        return bool(self._s[_WARNING])
 
-    def _initial_state(self) -> tuple[np.ndarray, ...]:
+    def _initial_state(self) -> np.ndarray:
         f = np.zeros(10)
         f[_WARM_START:] = self.warm_start, self.warning_threshold, self.drift_threshold
         _reset(f)
-        return (f,)
+        return f

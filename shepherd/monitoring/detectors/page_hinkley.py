@@ -114,8 +114,8 @@ class PageHinkley(Detector):
         self.mode = mode
         super().__init__()
 
-    def _initial_state(self) -> tuple[np.ndarray, ...]:
+    def _initial_state(self) -> np.ndarray:
         f = np.zeros(12)
         f[_MIN_INSTANCES:] = self.min_instances, self.delta, self.threshold, self.alpha, _MODES[self.mode]
         _reset(f)
-        return (f,)
+        return f
