@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
+from typing import TextIO
+
 import structlog
 
 from shepherd.auth import Authenticator
 from shepherd.bundles.importer import Importer, recover
 from shepherd.config import Config
 from shepherd.deploy.manager import DeploymentManager
+from shepherd.errors import ShepherdError
 from shepherd.serving.metrics import ServingMetrics
 from shepherd.store.blobs import BlobStore
 from shepherd.store.schema import MIGRATIONS
@@ -22,11 +28,34 @@ def open_database(config: Config) -> Database:
     return Database(config.data_dir / "shepherd.sqlite", MIGRATIONS, readers=config.storage.sqlite_readers)
 
 
+def lock_data_dir(data_dir: Path) -> TextIO:
+    """Hold an exclusive lock on `data_dir/.lock` for this process's life: one appliance per data directory.
+
+    Start-up recovery deletes temp files and unreferenced blobs, which would destroy an import
+    in flight in another process on the same directory.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = open(data_dir / ".lock", "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ShepherdError(f"data directory {data_dir} is in use by another Shepherd process (pid {holder})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 class Appliance:
     """Stores, importer, authenticator and deployments for one data directory."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._lock = lock_data_dir(config.data_dir)
         self.db = open_database(config)
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.importer = Importer(config, self.db, self.blobs)
@@ -48,4 +77,6 @@ class Appliance:
         self.ready = False
         self.deployments.close()
         self.db.close()
+        if not self._lock.closed:
+            self._lock.close()
         log.info("appliance_stopped")

@@ -8,7 +8,7 @@ cache at once, revocations by another process (the CLI) take effect within that 
 
 from __future__ import annotations
 
-import asyncio
+import anyio
 import enum
 import hashlib
 import hmac
@@ -111,7 +111,7 @@ class Authenticator:
         hit = self._cache.get(token.strip())
         if hit and hit[0] > time.monotonic() and scheme.lower() == "bearer":
             return hit[1]
-        return await asyncio.get_running_loop().run_in_executor(None, self.authenticate, header)
+        return await anyio.to_thread.run_sync(self.authenticate, header)
 
     def revoke(self, token_id: str, *, actor: str) -> token_store.TokenRecord:
         rec = self.db.write(lambda c: token_store.revoke(c, token_id, actor=actor))

@@ -112,7 +112,10 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
 
     cfg = _load_config(config_path)
     log.configure(cfg.logging.level, cfg.logging.format)
-    appliance = Appliance(cfg)
+    try:
+        appliance = Appliance(cfg)
+    except ShepherdError as err:
+        _fail(err.message, 2)
     try:
         appliance.start()
         for bundle in imports:

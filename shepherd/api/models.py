@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -16,7 +16,7 @@ from shepherd.store.registry import AliasChange, ModelSummary, VersionRecord
 
 
 class AliasBody(msgspec.Struct, forbid_unknown_fields=True):
-    version: int
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     """Version number the alias should point at."""
 
 

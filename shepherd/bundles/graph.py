@@ -13,7 +13,6 @@ ONNX_TO_V2 = {
     onnx.TensorProto.FLOAT: "FP32",
     onnx.TensorProto.DOUBLE: "FP64",
     onnx.TensorProto.FLOAT16: "FP16",
-    onnx.TensorProto.BFLOAT16: "BF16",
     onnx.TensorProto.INT8: "INT8",
     onnx.TensorProto.INT16: "INT16",
     onnx.TensorProto.INT32: "INT32",

@@ -16,6 +16,7 @@ import signal
 import uuid
 from pathlib import Path
 
+import anyio
 import msgspec
 import structlog
 
@@ -27,6 +28,7 @@ from shepherd.store.blobs import BlobStore
 from shepherd.store.sqlite import Database
 
 log = structlog.get_logger()
+IMPORT_CONCURRENCY = 2
 
 
 def crash_point(name: str) -> None:
@@ -47,6 +49,8 @@ class Importer:
         self.limits = Limits(max_bundle_bytes=b.max_bundle_bytes, max_member_bytes=b.max_member_bytes, max_members=b.max_members)
         self.require_signature = b.require_signature
         self.trusted_keys_dir = Path(b.trusted_keys_dir)
+        # Imports hash and check up to max_bundle_bytes each: run at most this many at once.
+        self.limiter = anyio.CapacityLimiter(IMPORT_CONCURRENCY)
 
     def new_upload_path(self) -> Path:
         """A fresh path under tmp/ for an incoming bundle."""

@@ -15,7 +15,8 @@ def reference_columns(path: Path) -> list[tuple[str, str]]:
         with duckdb.connect() as con:
             return [(r[0], r[1]) for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()]
     except duckdb.Error as err:
-        raise BundleRejected(f"reference.parquet: not a readable Parquet file ({err})", field="reference.parquet") from None
+        detail = str(err).replace(str(path), "reference.parquet")
+        raise BundleRejected(f"reference.parquet: not a readable Parquet file ({detail})", field="reference.parquet") from None
 
 
 def check_reference(path: Path) -> None:

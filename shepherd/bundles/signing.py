@@ -50,9 +50,9 @@ def load_public(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as err:
-        raise InvalidInput(f"public key {path}: cannot read a PEM public key ({err})", field="trusted_key") from None
+        raise InvalidInput(f"public key {path.name}: cannot read a PEM public key ({err})", field="trusted_key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise InvalidInput(f"public key {path}: not an Ed25519 key", field="trusted_key")
+        raise InvalidInput(f"public key {path.name}: not an Ed25519 key", field="trusted_key")
     return key
 
 

@@ -92,6 +92,7 @@ class DeploymentManager:
         if batch[0].labels:
             m.compute_seconds.labels(*batch[0].labels).observe(done - started)
             m.batch_size.labels(*batch[0].labels).observe(rows)
+            m.bound(batch[0].labels).queue_depth.set(loaded.batcher.depth())
 
     def _label(self, dep: Deployment) -> None:
         for slot_name, slot in zip(SLOTS, dep.slots):
@@ -112,8 +113,8 @@ class DeploymentManager:
                 if slot_name != "previous" or keep_warm:
                     try:
                         loaded = self.load_version(rec.name, rec.model, version)
-                    except ShepherdError as err:
-                        log.error("restore_failed", deployment=rec.name, slot=slot_name, version=version, error=err.message)
+                    except Exception as err:  # one bad version must not stop the appliance from starting
+                        log.error("restore_failed", deployment=rec.name, slot=slot_name, version=version, error=str(err))
                 slots.append(Slot(version, loaded))
             dep = Deployment(rec.name, rec.model, SlotSet(*slots))
             self.deployments[rec.name] = dep
@@ -169,11 +170,16 @@ class DeploymentManager:
         """Load and warm `model` `version` into the candidate slot of `name` (created if new)."""
         if not DEPLOYMENT_NAME.match(name):
             raise InvalidInput(f"deployment = {name!r}: must be 1-128 letters, digits, '_', '.', '-'", field="deployment")
+        current = self.deployments.get(name)
+        if current is not None and current.model != model:
+            raise Conflict(f"deployment {name!r} serves model {current.model!r}, not {model!r}")
+        # Load and warm outside the lock (minutes for a TensorRT build), so a rollback never waits on it.
+        loaded = await anyio.to_thread.run_sync(self.load_version, name, model, version)
         async with self._lock(name):
             dep = self.deployments.get(name)
             if dep is not None and dep.model != model:
+                loaded.close_now()
                 raise Conflict(f"deployment {name!r} serves model {dep.model!r}, not {model!r}")
-            loaded = await anyio.to_thread.run_sync(self.load_version, name, model, version)
             began = time.perf_counter()
             fresh = dep is None
             dep = dep or Deployment(name, model)
@@ -196,6 +202,8 @@ class DeploymentManager:
             old = dep.slots
             if old.candidate is None:
                 raise Conflict(f"deployment {name!r} has no candidate to promote; deploy a version first")
+            if old.candidate.loaded is None:
+                raise Conflict(f"deployment {name!r}: candidate version {old.candidate.version} failed to load; deploy it again")
             previous = old.primary
             if previous is not None and not self.config.serving.keep_previous_warm:
                 previous = Slot(previous.version, None)
@@ -209,14 +217,19 @@ class DeploymentManager:
             old = dep.slots
             if old.previous is None:
                 raise Conflict(f"deployment {name!r} has no previous version to roll back to")
-            previous = old.previous
+            previous, fresh = old.previous, None
             if previous.loaded is None:
-                loaded = await anyio.to_thread.run_sync(self.load_version, name, dep.model, previous.version)
-                previous = Slot(previous.version, loaded)
+                fresh = await anyio.to_thread.run_sync(self.load_version, name, dep.model, previous.version)
+                previous = Slot(previous.version, fresh)
             demoted = old.primary
-            if demoted is not None and demoted.loaded is None:
-                demoted = None
-            return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor, began)
+            if demoted is not None and not self.config.serving.keep_previous_warm:
+                demoted = Slot(demoted.version, None)
+            try:
+                return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor, began)
+            except BaseException:
+                if fresh is not None:
+                    fresh.close_now()
+                raise
 
     async def undeploy(self, name: str, *, actor: str) -> store.DeploymentRecord:
         """Remove the deployment; its versions are released after they drain."""

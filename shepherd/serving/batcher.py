@@ -151,13 +151,23 @@ class Batcher:
                     cuts = np.cumsum([p.rows for p in batch])[:-1]
                     split = [np.split(o, cuts) for o in outs]
                     results = [dict(zip(names, parts)) for parts in zip(*split)]
-            error = None
-        except Exception as err:  # reported to every request of the batch
-            log.error("inference_failed", model=self.session.label, error=str(err), batch=len(batch))
-            results = [None] * len(batch)
-            error = InferenceFailed(f"{self.session.label}: inference failed ({type(err).__name__})")
+            errors: list[BaseException | None] = [None] * len(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                log.error("inference_failed", model=self.session.label, error=str(err))
+                results, errors = [None], [InferenceFailed(f"{self.session.label}: inference failed ({type(err).__name__})")]
+            else:  # run each request alone, so one bad request cannot fail the others
+                results, errors = [], []
+                for p in batch:
+                    try:
+                        results.append(dict(zip(names, self.session.run(p.inputs))))
+                        errors.append(None)
+                    except Exception as one:
+                        log.error("inference_failed", model=self.session.label, error=str(one))
+                        results.append(None)
+                        errors.append(InferenceFailed(f"{self.session.label}: inference failed ({type(one).__name__})"))
         done = time.perf_counter()
-        for p, res in zip(batch, results):
+        for p, res, error in zip(batch, results, errors):
             p.loop.call_soon_threadsafe(_settle, p.future, res, error)
         if self.observe:
             try:

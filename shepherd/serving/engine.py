@@ -82,7 +82,8 @@ class ModelSession:
                 str(model_path), sess_options=opts, providers=[(p, _provider_options(cfg, p)) for p in providers]
             )
         except Exception as err:  # onnxruntime raises its own exception types
-            raise LoadError(f"{label}: ONNX Runtime cannot load the model ({type(err).__name__}: {err})") from None
+            detail = str(err).replace(str(model_path), "<model.onnx>")
+            raise LoadError(f"{label}: ONNX Runtime cannot load the model ({type(err).__name__}: {detail})") from None
         self.providers = self.session.get_providers()
         self.output_names = [o["name"] for o in signature["outputs"]]
         first_dims = [spec["shape"][0] if spec["shape"] else None for spec in signature["inputs"]]
@@ -96,8 +97,8 @@ class ModelSession:
 
     def warm_up(self, example: dict[str, np.ndarray] | None = None, rounds: int = 3) -> None:
         """Run the input example (or a synthetic batch) a few times so the first request pays nothing."""
-        feed = example or synthetic_inputs(self.signature)
         try:
+            feed = example or synthetic_inputs(self.signature)
             for _ in range(rounds):
                 self.run(feed)
         except Exception as err:

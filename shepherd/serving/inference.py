@@ -6,6 +6,7 @@ Kept out of the HTTP layer so that the V2 routes stay thin and tests can call it
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from shepherd.errors import InvalidInput, ShepherdError
@@ -15,6 +16,7 @@ from shepherd.deploy.manager import DeploymentManager
 from shepherd.serving.metrics import ServingMetrics
 
 ROUTE_ATTEMPTS = 3
+VERSION = re.compile(r"[0-9]{1,18}")
 
 
 class RequestTimeout(ShepherdError):
@@ -33,11 +35,19 @@ class InferResult:
         self.version = version
 
 
+def check_batch_axis(inputs: dict) -> None:
+    """Inputs of a batchable model must agree on the first (batch) dimension."""
+    sizes = {name: a.shape[0] for name, a in inputs.items() if a.ndim}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{n}: {s}" for n, s in sizes.items())
+        raise InvalidInput(f"inputs disagree on the batch dimension (first axis) ({listed})", field=next(iter(sizes)))
+
+
 def parse_version(version: str | None) -> int | None:
     """V2 versions are numeric; '' or None means 'route by policy'."""
     if version is None or version == "":
         return None
-    if not version.isdigit():
+    if not VERSION.fullmatch(version):
         raise InvalidInput(f"version = {version!r}: versions are numbers", field="version")
     return int(version)
 
@@ -66,6 +76,8 @@ async def infer(
     outcome = "failure"
     try:
         request = codec.decode_request(body, header_length, loaded.signature)
+        if loaded.session.batchable:
+            check_batch_axis(request.inputs)
         pending: Pending = loaded.batcher.submit(request.inputs, labels)
         bound.queue_depth.set(loaded.batcher.depth())
         try:

@@ -87,14 +87,20 @@ class LoadedVersion:
                     log.warning("drain_timeout", model=self.model, version=self.version, in_flight=self._in_flight)
                     self._closed = True
                 break
-        self.batcher.stop()
+        self._release()
         log.info("version_released", model=self.model, version=self.version)
 
     def close_now(self) -> None:
         """Stop at once (shutdown, or a version that never took traffic)."""
         with self._lock:
             self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Stop the worker and drop the session now (GPU memory), not at some later cycle collection."""
         self.batcher.stop()
+        self.batcher.observe = None
+        self.session = self.batcher.session = None  # type: ignore[assignment]
 
 
 class Slot(NamedTuple):

@@ -71,7 +71,9 @@ class BlobStore:
             if move:
                 src.unlink()
             return actual
-        dest.parent.mkdir(exist_ok=True)
+        if not dest.parent.is_dir():
+            dest.parent.mkdir(exist_ok=True)
+            fsync_dir(self.root)
         if move:
             with open(src, "rb") as f:
                 os.fsync(f.fileno())

@@ -84,6 +84,8 @@ def _model_id(conn: apsw.Connection, name: str) -> int:
 
 
 def _version_row(conn: apsw.Connection, name: str, version: int) -> dict[str, Any]:
+    if not 1 <= version < 2**63:
+        raise NotFound(f"model {name!r} has no version {version}")
     row = one(
         conn,
         "SELECT v.* FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
@@ -165,7 +167,7 @@ def get_version(conn: apsw.Connection, name: str, version: int) -> VersionRecord
 
 def resolve(conn: apsw.Connection, name: str, ref: str) -> VersionRecord:
     """A version by number or by alias name."""
-    if ref.isdigit():
+    if re.fullmatch(r"[0-9]{1,18}", ref):
         return get_version(conn, name, int(ref))
     model_id = _model_id(conn, name)
     row = one(conn, "SELECT v.* FROM aliases a JOIN versions v ON v.id = a.version_id WHERE a.model_id = ? AND a.alias = ?", (model_id, ref))
@@ -292,6 +294,16 @@ def set_archived(conn: apsw.Connection, name: str, version: int, archived: bool,
         pointing = [r["alias"] for r in rows(conn, "SELECT alias FROM aliases WHERE version_id = ?", (row["id"],))]
         if pointing:
             raise Conflict(f"model {name!r} version {version} is the target of alias(es) {', '.join(pointing)}; move them first")
+        deployed = [
+            r["name"]
+            for r in rows(
+                conn,
+                "SELECT name FROM deployments WHERE model = ? AND ? IN (primary_version, previous_version, candidate_version)",
+                (name, version),
+            )
+        ]
+        if deployed:
+            raise Conflict(f"model {name!r} version {version} sits in a slot of deployment(s) {', '.join(deployed)}; undeploy or replace it first")
     conn.execute("UPDATE versions SET archived_at = ? WHERE id = ?", (audit.now() if archived else None, row["id"]))
     audit.append(
         conn, actor=actor, action="version.archive" if archived else "version.unarchive",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import apsw
 import structlog
 
@@ -102,19 +103,23 @@ class Database:
                 continue
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                result = fn(conn)
                 conn.execute("COMMIT")
             except BaseException as err:  # handed to the caller
                 _after_commit.pop(id(conn), None)
+                if not conn.get_autocommit():
+                    try:
+                        conn.execute("ROLLBACK")
+                    except apsw.Error:
+                        log.exception("sqlite_rollback_failed")
                 fut.set_exception(err)
-            else:
-                for callback in _after_commit.pop(id(conn), []):
+                continue
+            fut.set_result(result)
+            for callback in _after_commit.pop(id(conn), []):
+                try:
                     callback()
-                fut.set_result(result)
+                except Exception:  # a logging failure must never stop the writer
+                    pass
 
     def submit(self, fn: Callable[[apsw.Connection], T]) -> concurrent.futures.Future[T]:
         """Queue `fn(conn)` to run in one transaction on the writer thread."""
@@ -143,7 +148,7 @@ class Database:
 
     async def aread(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Like `read`, run in a worker thread so the event loop never waits on SQLite."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.read, fn)
+        return await anyio.to_thread.run_sync(self.read, fn)
 
     def close(self) -> None:
         """Finish queued writes, then close every connection."""

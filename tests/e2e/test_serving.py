@@ -138,6 +138,8 @@ def test_bad_requests_get_clear_4xx(live):
         ("/v2/models/multi/infer", {"inputs": [ok_x, ok_w], "outputs": [{"name": "nope"}]}, {}, 400, "nope"),
         ("/v2/models/ghost/infer", {"inputs": [ok_x, ok_w]}, {}, 404, "ghost"),
         ("/v2/models/multi/versions/9/infer", {"inputs": [ok_x, ok_w]}, {}, 404, "version 9"),
+        ("/v2/models/multi/infer", {"inputs": [{**ok_x, "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}, ok_w]}, {}, 400, "batch dimension"),
+        ("/v2/models/multi/versions/²/infer", {"inputs": [ok_x, ok_w]}, {}, 400, "version"),
         ("/v2/models/multi/versions/abc/infer", {"inputs": [ok_x, ok_w]}, {}, 400, "version"),
         ("/v2/models/multi/infer", {"inputs": [ok_x, ok_w]}, {"Inference-Header-Content-Length": "99999"}, 400, "Inference-Header-Content-Length"),
         ("/v2/models/multi/infer", {"inputs": [ok_x, ok_w]}, {"Inference-Header-Content-Length": "²".encode()}, 400, "Inference-Header-Content-Length"),

@@ -203,3 +203,73 @@ def test_retired_version_drains_before_release(seeded):
 
     run(scenario())
 
+
+
+def test_unloaded_candidate_is_not_promoted(seeded):
+    """A candidate whose load failed (recorded but not in memory) cannot be promoted into an outage."""
+    from shepherd.serving.slots import Slot
+
+    mgr = seeded.deployments
+
+    async def scenario():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        await mgr.promote("d", actor="t")
+        dep = mgr.get("d")
+        dep.slots = dep.slots._replace(candidate=Slot(2, None))  # as restore() leaves a failed load
+        with pytest.raises(Conflict, match="failed to load"):
+            await mgr.promote("d", actor="t")
+        assert mgr.route("d")[1].version == 1
+
+    run(scenario())
+
+
+def test_rollback_does_not_wait_for_a_slow_deploy(seeded):
+    """A rollback completes while another version of the same deployment is still loading."""
+    import threading
+
+    mgr = seeded.deployments
+    gate = threading.Event()
+    original = mgr.load_version
+
+    def slow(name, model, version):
+        if version == 3:
+            gate.wait(10)
+        return original(name, model, version)
+
+    async def scenario():
+        for v in (1, 2):
+            await mgr.deploy("d", "tiny", v, actor="t")
+            await mgr.promote("d", actor="t")
+        mgr.load_version = slow
+        deploying = asyncio.create_task(mgr.deploy("d", "tiny", 3, actor="t"))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(mgr.rollback("d", actor="t"), 5)
+        assert not deploying.done()
+        assert mgr.route("d")[1].version == 1
+        gate.set()
+        await deploying
+        assert slots(seeded) == {"primary": 1, "previous": 2, "candidate": 3}
+
+    run(scenario())
+
+
+def test_deployed_versions_cannot_be_archived(seeded):
+    """A version in any slot of a deployment cannot be archived (a later rollback or restart would fail)."""
+    mgr = seeded.deployments
+
+    async def scenario():
+        for v in (1, 2):
+            await mgr.deploy("d", "tiny", v, actor="t")
+            await mgr.promote("d", actor="t")
+
+    run(scenario())
+    with pytest.raises(Conflict, match="deployment"):
+        seeded.db.write(lambda c: registry.set_archived(c, "tiny", 1, True, actor="t"))
+
+
+def test_one_appliance_per_data_directory(seeded, config):
+    """A second appliance on a data directory in use is refused before it touches anything."""
+    from shepherd.errors import ShepherdError
+
+    with pytest.raises(ShepherdError, match="in use by another Shepherd process"):
+        Appliance(config)
