@@ -80,6 +80,10 @@ class Batcher:
         self.delay = max_queue_delay_us / 1e6
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
+        # Requests admitted for this version and not yet answered (set by LoadedVersion). The worker
+        # waits for more only while some of them are not in the batch yet: a lone request runs at
+        # once instead of paying max_queue_delay_us, and under load batches still fill.
+        self.in_flight: Callable[[], int] | None = None
         self._carry: Pending | None = None
         self._thread = threading.Thread(target=self._work, name=f"batcher:{session.label}", daemon=True)
         self._thread.start()
@@ -117,6 +121,8 @@ class Batcher:
             batch, rows, stop = [first], first.rows, False
             deadline = time.perf_counter() + self.delay
             while rows < self.max_rows:
+                if self.in_flight is not None and self.in_flight() <= len(batch) and self.queue.empty() and self._carry is None:
+                    break  # nobody else is coming: do not wait
                 try:
                     nxt = self._next(deadline - time.perf_counter())
                 except queue.Empty:

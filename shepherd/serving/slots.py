@@ -49,6 +49,7 @@ class LoadedVersion:
         self._in_flight = 0
         self._closed = False
         self._drained = threading.Event()
+        batcher.in_flight = lambda: self._in_flight
 
     @property
     def in_flight(self) -> int:

@@ -72,8 +72,12 @@ def test_outputs_match_onnxruntime(seeded):
         _, lv = mgr.route("d")
         lv.batcher.delay = 0.05  # a generous window, so batching does not depend on this machine's load
         xs = [np.random.default_rng(i).random((1 + i % 3, 3), dtype=np.float32) for i in range(40)]
+        for _ in xs:
+            assert lv.acquire()  # as the request path does: the batcher waits only for admitted requests
         pend = [lv.batcher.submit({"x": x}) for x in xs]
         outs = await asyncio.gather(*(p.future for p in pend))
+        for _ in xs:
+            lv.release()
         for x, out in zip(xs, outs):
             np.testing.assert_array_equal(out["y"], lv.session.run({"x": x})[0])
             np.testing.assert_allclose(out["y"], x + 2.0)
