@@ -84,6 +84,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
             deployments.DeploymentsController, metrics.metrics, *v2.ROUTES,
         ],
         guards=[require_role],
+        middleware=[v2.infer_fast_path],
         lifespan=[lifespan],
         request_max_body_size=config.server.max_request_bytes,
         exception_handlers={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import getpass
 import json
 import shutil
@@ -135,6 +136,10 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
                 lifespan="on",
             )
         )
+        # Start-up leaves ~100k long-lived objects (modules, sessions); freezing them keeps full
+        # garbage collections (tens of ms each) out of the request path's tail latency.
+        gc.collect()
+        gc.freeze()
         server.run()
         if not server.started:
             sys.exit(3)
