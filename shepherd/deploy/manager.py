@@ -83,16 +83,17 @@ class DeploymentManager:
         for p in batch:
             st.queue_ns += int((started - p.enqueued) * 1e9)
             if p.labels:
-                m.queue_seconds.labels(*p.labels).observe(started - p.enqueued)
+                m.bound(p.labels).queue_seconds.observe(started - p.enqueued)
         st.queue_count += len(batch)
         st.compute_count += 1
         st.compute_ns += int((done - started) * 1e9)
         st.execution_count += 1
         st.inference_count += rows
         if batch[0].labels:
-            m.compute_seconds.labels(*batch[0].labels).observe(done - started)
-            m.batch_size.labels(*batch[0].labels).observe(rows)
-            m.bound(batch[0].labels).queue_depth.set(loaded.batcher.depth())
+            bound = m.bound(batch[0].labels)
+            bound.compute_seconds.observe(done - started)
+            bound.batch_size.observe(rows)
+            bound.queue_depth.set(loaded.batcher.depth())
 
     def _label(self, dep: Deployment) -> None:
         for slot_name, slot in zip(SLOTS, dep.slots):

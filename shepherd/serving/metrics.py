@@ -19,6 +19,9 @@ class Bound(NamedTuple):
     request_seconds: Any
     in_flight: Any
     queue_depth: Any
+    queue_seconds: Any
+    compute_seconds: Any
+    batch_size: Any
 
 
 class ServingMetrics:
@@ -52,6 +55,9 @@ class ServingMetrics:
                 self.request_seconds.labels(*labels),
                 self.in_flight.labels(*labels),
                 self.queue_depth.labels(*labels),
+                self.queue_seconds.labels(*labels),
+                self.compute_seconds.labels(*labels),
+                self.batch_size.labels(*labels),
             )
             self._bound[labels] = hit
         return hit

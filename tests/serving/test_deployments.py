@@ -277,3 +277,35 @@ def test_one_appliance_per_data_directory(seeded, config):
 
     with pytest.raises(ShepherdError, match="in use by another Shepherd process"):
         Appliance(config)
+
+
+def test_request_timeout_answers_504_and_drops_the_request(seeded):
+    """A request not answered within the timeout gets RequestTimeout (504) and is dropped from the queue."""
+    import threading
+
+    import numpy as np
+
+    from shepherd.serving import inference
+    from shepherd.serving.inference import RequestTimeout
+
+    mgr = seeded.deployments
+    gate = threading.Event()
+
+    async def scenario():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        await mgr.promote("d", actor="t")
+        _, lv = mgr.route("d")
+        original = lv.session.run
+        lv.session.run = lambda feed, outputs=None: (gate.wait(5), original(feed, outputs))[1]
+        body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,3],"data":[1,2,3]}]}'
+        blocker = asyncio.create_task(inference.infer(mgr, seeded.metrics, "d", None, body, None, 5.0))
+        await asyncio.sleep(0.05)  # the worker is now stuck in the first run
+        with pytest.raises(RequestTimeout):
+            await inference.infer(mgr, seeded.metrics, "d", None, body, None, 0.05)
+        gate.set()
+        out = await blocker
+        assert out.version == 1
+        assert lv.stats.fail_count == 1 and lv.stats.success_count == 1
+
+
+    run(scenario())
