@@ -202,16 +202,12 @@ def bundle_create(model: Path, metadata: Path, reference: Path | None, sign_key:
 @handle_errors
 def bundle_verify(file: Path, trusted_keys: Path | None, config_path: Path | None) -> None:
     """Check a bundle with every rule the server applies on import; change nothing."""
-    from shepherd.bundles import signing
-    from shepherd.bundles.reader import Limits, read_bundle
+    from shepherd.bundles.importer import verify_bundle
 
     cfg = _load_config(config_path)
-    b = cfg.bundles
-    trusted = signing.load_trusted(trusted_keys or Path(b.trusted_keys_dir))
     staging = Path(tempfile.mkdtemp(prefix="shepherd-verify-"))
     try:
-        limits = Limits(max_bundle_bytes=b.max_bundle_bytes, max_member_bytes=b.max_member_bytes, max_members=b.max_members)
-        verified = read_bundle(file, staging, limits=limits, trusted=trusted, require_signature=b.require_signature)
+        verified = verify_bundle(cfg, file, staging, trusted_keys)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"{file}: ok")

@@ -37,18 +37,34 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def limits_of(config: Config) -> Limits:
+    b = config.bundles
+    return Limits(max_bundle_bytes=b.max_bundle_bytes, max_member_bytes=b.max_member_bytes, max_members=b.max_members)
+
+
+def verify_bundle(
+    config: Config, path: Path, staging: Path, trusted_keys_dir: Path | None = None, limits: Limits | None = None
+) -> VerifiedBundle:
+    """Every import check of `config` on the bundle at `path`, staged under `staging`; changes nothing else.
+
+    Keys are re-read on every call, so adding or removing a *.pub needs no restart.
+    """
+    trusted = signing.load_trusted(trusted_keys_dir or Path(config.bundles.trusted_keys_dir))
+    return read_bundle(
+        path, staging, limits=limits or limits_of(config), trusted=trusted, require_signature=config.bundles.require_signature
+    )
+
+
 class Importer:
     """Verifies, stages and registers bundles under one data directory."""
 
     def __init__(self, config: Config, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
+        self.config = config
         self.tmp = config.data_dir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        b = config.bundles
-        self.limits = Limits(max_bundle_bytes=b.max_bundle_bytes, max_member_bytes=b.max_member_bytes, max_members=b.max_members)
-        self.require_signature = b.require_signature
-        self.trusted_keys_dir = Path(b.trusted_keys_dir)
+        self.limits = limits_of(config)
         # Imports hash and check up to max_bundle_bytes each: run at most this many at once.
         self.limiter = anyio.CapacityLimiter(IMPORT_CONCURRENCY)
 
@@ -57,9 +73,7 @@ class Importer:
         return self.tmp / f"upload-{uuid.uuid4().hex}.shb"
 
     def verify(self, path: Path, staging: Path) -> VerifiedBundle:
-        # Keys are re-read on every import, so adding or removing a *.pub needs no restart.
-        trusted = signing.load_trusted(self.trusted_keys_dir)
-        return read_bundle(path, staging, limits=self.limits, trusted=trusted, require_signature=self.require_signature)
+        return verify_bundle(self.config, path, staging, limits=self.limits)
 
     def import_file(self, path: Path, *, actor: str) -> tuple[registry.VersionRecord, bool]:
         """Verify and register the bundle at `path`; (record, created). Raises BundleRejected, changing nothing."""
