@@ -283,7 +283,6 @@ def test_request_timeout_answers_504_and_drops_the_request(seeded):
     """A request not answered within the timeout gets RequestTimeout (504) and is dropped from the queue."""
     import threading
 
-    import numpy as np
 
     from shepherd.serving import inference
     from shepherd.serving.inference import RequestTimeout
