@@ -70,7 +70,8 @@ class DeploymentManager:
         session = ModelSession(self.config, path, rec.signature, label=f"{model}:{version}")
         session.warm_up()
         batcher = Batcher(
-            session, max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us, max_queue_size=cfg.max_queue_size
+            session, max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us, max_queue_size=cfg.max_queue_size,
+            inline_max_us=cfg.inline_max_us,
         )
         seconds = time.perf_counter() - started
         log.info("version_loaded", deployment=deployment, model=model, version=version, providers=session.providers, seconds=round(seconds, 4))

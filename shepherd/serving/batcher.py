@@ -3,6 +3,11 @@ a maximum batch size (rows) and a maximum queue delay after the first request of
 
 The event loop only enqueues and awaits a future; the worker thread concatenates compatible
 requests along the first axis, runs ONNX Runtime (which releases the GIL) and splits the outputs.
+
+One exception, `run_inline`: a lone request to a model whose warm-up median is at most
+`inline_max_us` runs on the calling thread. Handing a request to the worker and back costs two
+thread wake-ups (60-90 µs on a 2-vCPU VM), many times what such a model needs, and with nothing
+else in flight there is nothing to batch it with.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
+        inline_max_us: int = 0,
         observe: Callable[[list[Pending], float, float, int], None] | None = None,
     ) -> None:
         self.session = session
@@ -80,6 +86,11 @@ class Batcher:
         self.delay = max_queue_delay_us / 1e6
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
+        self.inline_budget = inline_max_us / 1e6
+        # Inline runs keep an average of their own time; a model that turns out slower (a loaded
+        # machine, a GPU that throttles) stops running inline for good.
+        self.inline_avg = session.warm_seconds
+        self.inline_ok = session.warm_seconds <= self.inline_budget
         # Requests admitted for this version and not yet answered (set by LoadedVersion). The worker
         # waits for more only while some of them are not in the batch yet: a lone request runs at
         # once instead of paying max_queue_delay_us, and under load batches still fill.
@@ -99,6 +110,29 @@ class Batcher:
         except queue.Full:
             raise Overloaded(f"{self.session.label}: {self.queue.maxsize} requests already queued; retry later") from None
         return p
+
+    def run_inline(self, inputs: dict[str, np.ndarray], labels: tuple = ()) -> dict[str, np.ndarray] | None:
+        """Run a lone request now, on this thread; None when it must go through the queue instead.
+
+        Only when inline runs are on for this model, the caller's request is the only one admitted
+        (`in_flight` counts it), nothing is queued, and the request has no more rows than warm-up ran.
+        """
+        if not self.inline_ok or self.in_flight is None or self.in_flight() > 1 or self._carry is not None or not self.queue.empty():
+            return None
+        p = Pending(inputs, asyncio.get_running_loop(), labels)
+        if p.rows > self.session.warm_rows:
+            return None
+        started = time.perf_counter()
+        result, error = self._run_one(p)
+        done = time.perf_counter()
+        self.inline_avg += (done - started - self.inline_avg) * 0.05
+        if self.inline_avg > self.inline_budget:
+            self.inline_ok = False
+            log.warning("inline_disabled", model=self.session.label, avg_us=round(self.inline_avg * 1e6, 1), budget_us=self.inline_budget * 1e6)
+        self._observe([p], started, done, p.rows)
+        if error is not None:
+            raise error
+        return result
 
     def stop(self) -> None:
         """Finish what is queued, then end the worker thread."""
@@ -141,42 +175,44 @@ class Batcher:
             if stop:
                 return
 
-    def _execute(self, batch: list[Pending], rows: int) -> None:
-        started = time.perf_counter()
-        names = self.session.output_names
+    def _run_one(self, p: Pending) -> tuple[dict[str, np.ndarray] | None, BaseException | None]:
         try:
-            if len(batch) == 1:
-                results = [dict(zip(names, self.session.run(batch[0].inputs)))]
-            else:
-                feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
-                outs = self.session.run(feed)
-                if any(o.ndim == 0 or o.shape[0] != rows for o in outs):
-                    # an output without a batch axis: run each request on its own
-                    results = [dict(zip(names, self.session.run(p.inputs))) for p in batch]
-                else:
-                    cuts = np.cumsum([p.rows for p in batch])[:-1]
-                    split = [np.split(o, cuts) for o in outs]
-                    results = [dict(zip(names, parts)) for parts in zip(*split)]
-            errors: list[BaseException | None] = [None] * len(batch)
+            return dict(zip(self.session.output_names, self.session.run(p.inputs))), None
         except Exception as err:
-            if len(batch) == 1:
-                log.error("inference_failed", model=self.session.label, error=str(err))
-                results, errors = [None], [InferenceFailed(f"{self.session.label}: inference failed ({type(err).__name__})")]
-            else:  # run each request alone, so one bad request cannot fail the others
-                results, errors = [], []
-                for p in batch:
-                    try:
-                        results.append(dict(zip(names, self.session.run(p.inputs))))
-                        errors.append(None)
-                    except Exception as one:
-                        log.error("inference_failed", model=self.session.label, error=str(one))
-                        results.append(None)
-                        errors.append(InferenceFailed(f"{self.session.label}: inference failed ({type(one).__name__})"))
-        done = time.perf_counter()
-        for p, res, error in zip(batch, results, errors):
-            p.loop.call_soon_threadsafe(_settle, p.future, res, error)
+            log.error("inference_failed", model=self.session.label, error=str(err))
+            return None, InferenceFailed(f"{self.session.label}: inference failed ({type(err).__name__})")
+
+    def _observe(self, batch: list[Pending], started: float, done: float, rows: int) -> None:
         if self.observe:
             try:
                 self.observe(batch, started, done, rows)
             except Exception:  # metrics must never stop the worker
                 log.exception("batch_observe_failed", model=self.session.label)
+
+    def _execute(self, batch: list[Pending], rows: int) -> None:
+        started = time.perf_counter()
+        names = self.session.output_names
+        if len(batch) == 1:
+            result, error = self._run_one(batch[0])
+            self._finish(batch, [result], [error], started, rows)
+            return
+        try:
+            feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+            outs = self.session.run(feed)
+            if any(o.ndim == 0 or o.shape[0] != rows for o in outs):
+                # an output without a batch axis: run each request on its own
+                results = [dict(zip(names, self.session.run(p.inputs))) for p in batch]
+            else:
+                cuts = np.cumsum([p.rows for p in batch])[:-1]
+                split = [np.split(o, cuts) for o in outs]
+                results = [dict(zip(names, parts)) for parts in zip(*split)]
+            errors: list[BaseException | None] = [None] * len(batch)
+        except Exception:  # run each request alone, so one bad request cannot fail the others
+            results, errors = map(list, zip(*(self._run_one(p) for p in batch)))
+        self._finish(batch, results, errors, started, rows)
+
+    def _finish(self, batch: list[Pending], results: list, errors: list, started: float, rows: int) -> None:
+        # Count first, answer second: statistics read after a response already include it.
+        self._observe(batch, started, time.perf_counter(), rows)
+        for p, res, error in zip(batch, results, errors):
+            p.loop.call_soon_threadsafe(_settle, p.future, res, error)

@@ -89,17 +89,36 @@ class ModelSession:
         first_dims = [spec["shape"][0] if spec["shape"] else None for spec in signature["inputs"]]
         self.batchable = bool(first_dims) and all(d == -1 for d in first_dims)
         self.load_seconds = time.perf_counter() - started
+        self.warm_seconds = float("inf")  # median single-run time, measured by warm_up
+        self.warm_rows = 0
         log.info("session_created", model=label, providers=self.providers, requested=providers, seconds=round(self.load_seconds, 4))
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run the model; releases the GIL while ONNX Runtime computes."""
         return self.session.run(outputs or self.output_names, inputs)
 
-    def warm_up(self, example: dict[str, np.ndarray] | None = None, rounds: int = 3) -> None:
-        """Run the input example (or a synthetic batch) a few times so the first request pays nothing."""
+    def warm_up(self, example: dict[str, np.ndarray] | None = None, rounds: int = 3, timed: int = 9) -> None:
+        """Run the input example (or a synthetic batch) a few times so the first request pays nothing.
+
+        Then time it: `warm_seconds` is the median of `timed` more runs of that feed (`warm_rows`
+        rows), skipped when a warm-up run already took over 1 ms (the figure only matters for tiny
+        models; see Batcher.run_inline).
+        """
         try:
             feed = example or synthetic_inputs(self.signature)
+            first = next(iter(feed.values()))
+            self.warm_rows = first.shape[0] if first.ndim else 1
+            times = []
             for _ in range(rounds):
+                t = time.perf_counter()
                 self.run(feed)
+                times.append(time.perf_counter() - t)
+            if min(times) <= 1e-3:
+                times = []
+                for _ in range(timed):
+                    t = time.perf_counter()
+                    self.run(feed)
+                    times.append(time.perf_counter() - t)
+            self.warm_seconds = float(np.median(times))
         except Exception as err:
             raise LoadError(f"{self.label}: warm-up run failed ({type(err).__name__}: {err})") from None

@@ -1,0 +1,124 @@
+"""The batcher's inline path: when a lone request runs on the event loop, and when it must not."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from shepherd.serving.batcher import Batcher, InferenceFailed
+
+
+class FakeSession:
+    """Stands in for ModelSession: y = 2x, records the thread of every run, optional delay or failure."""
+
+    batchable = True
+    label = "fake:1"
+    output_names = ["y"]
+
+    def __init__(self, warm_seconds: float, warm_rows: int = 1, delay: float = 0.0, fail: bool = False) -> None:
+        self.warm_seconds = warm_seconds
+        self.warm_rows = warm_rows
+        self.delay = delay
+        self.fail = fail
+        self.threads: list[str] = []
+
+    def run(self, feed):
+        self.threads.append(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        return [feed["x"] * 2]
+
+
+def make(session: FakeSession, inline_max_us: int, in_flight: int = 1) -> tuple[Batcher, list]:
+    seen: list = []
+    b = Batcher(
+        session, max_batch_size=8, max_queue_delay_us=0, max_queue_size=8, inline_max_us=inline_max_us,
+        observe=lambda batch, started, done, rows: seen.append((len(batch), rows, done - started)),
+    )
+    b.in_flight = lambda: in_flight
+    return b, seen
+
+
+async def serve(b: Batcher, x: np.ndarray) -> dict:
+    """What inference.infer does: inline if allowed, else through the queue."""
+    out = b.run_inline({"x": x})
+    if out is None:
+        out = await b.submit({"x": x}).future
+    return out
+
+
+def test_lone_request_to_a_tiny_model_runs_on_the_calling_thread():
+    s = FakeSession(warm_seconds=5e-6)
+    b, seen = make(s, inline_max_us=50)
+    x = np.arange(3, dtype=np.float32)[None]
+    out = asyncio.run(serve(b, x))
+    b.stop()
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert s.threads == [threading.current_thread().name]
+    assert seen and seen[0][:2] == (1, 1), "inline runs are counted like a batch of one"
+
+
+@pytest.mark.parametrize(
+    ("why", "session", "budget", "in_flight", "rows"),
+    [
+        ("inline is off (0)", FakeSession(5e-6), 0, 1, 1),
+        ("the model is slower than the budget", FakeSession(200e-6), 50, 1, 1),
+        ("another request is in flight (it may batch)", FakeSession(5e-6), 50, 2, 1),
+        ("more rows than warm-up measured", FakeSession(5e-6, warm_rows=1), 50, 1, 4),
+    ],
+)
+def test_request_goes_through_the_worker(why, session, budget, in_flight, rows):
+    b, _ = make(session, inline_max_us=budget, in_flight=in_flight)
+    x = np.ones((rows, 3), dtype=np.float32)
+    out = asyncio.run(serve(b, x))
+    b.stop()
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert session.threads == [b._thread.name], why
+
+
+def test_queued_work_keeps_order_no_inline_overtaking():
+    """With a request already queued, a new one must not overtake it inline."""
+    s = FakeSession(5e-6, delay=0.2)
+    b, _ = make(s, inline_max_us=50)
+
+    async def scenario():
+        x = np.ones((1, 3), np.float32)
+        first, second = b.submit({"x": x}), b.submit({"x": x})  # the worker sleeps in `first`; `second` waits
+        assert b.run_inline({"x": x}) is None
+        await asyncio.gather(first.future, second.future)
+
+    asyncio.run(scenario())
+    b.stop()
+    assert set(s.threads) == {b._thread.name}
+
+
+def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget():
+    s = FakeSession(warm_seconds=5e-6)
+    b, _ = make(s, inline_max_us=50)
+    s.delay = 2e-3  # the machine got slow: each run now takes 40x the budget
+
+    async def scenario():
+        for _ in range(30):
+            await serve(b, np.ones((1, 3), np.float32))
+
+    asyncio.run(scenario())
+    b.stop()
+    assert not b.inline_ok
+    inline_runs = s.threads.count(threading.current_thread().name)
+    assert 1 <= inline_runs < 30, "a few slow runs switch inline off; the rest go to the worker"
+    assert s.threads[-1] == b._thread.name
+
+
+def test_inline_failure_raises_inference_failed():
+    s = FakeSession(5e-6, fail=True)
+    b, seen = make(s, inline_max_us=50)
+    with pytest.raises(InferenceFailed, match="fake:1: inference failed"):
+        asyncio.run(serve(b, np.ones((1, 3), np.float32)))
+    b.stop()
+    assert len(seen) == 1
