@@ -40,7 +40,8 @@ def build(out: Path, seed: int = 0) -> Path:
 
     reference = out / "reference.parquet"
     with duckdb.connect() as con:
-        con.register("ref", {name: x_train[:, i] for i, name in enumerate(FEATURES)} | {"target": y_train})
+        # the reference holds the model's input features, one column per position of X, in order
+        con.register("ref", {name: x_train[:, i] for i, name in enumerate(FEATURES)})
         con.execute(f"COPY ref TO '{reference}' (FORMAT parquet)")
 
     digest = hashlib.sha256(x_train.tobytes()).hexdigest()

@@ -14,7 +14,17 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from shepherd import __version__
-from shepherd.api import admin, bundles, deployments, health, metrics, models, v2
+from shepherd.api import (
+    admin,
+    alerts,
+    bundles,
+    deployments,
+    health,
+    metrics,
+    models,
+    monitoring,
+    v2,
+)
 from shepherd.api.security import PUBLIC, require_role
 from shepherd.appliance import Appliance
 from shepherd.config import Config
@@ -81,7 +91,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
     return Litestar(
         route_handlers=[
             health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController,
-            deployments.DeploymentsController, metrics.metrics, *v2.ROUTES,
+            deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, metrics.metrics, *v2.ROUTES,
         ],
         guards=[require_role],
         middleware=[v2.infer_fast_path],

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+import duckdb
+import numpy as np
 import structlog
 
 from shepherd.auth import Authenticator
@@ -14,8 +16,14 @@ from shepherd.bundles.importer import Importer, recover
 from shepherd.config import Config
 from shepherd.deploy.manager import DeploymentManager
 from shepherd.errors import ShepherdError
+from shepherd.monitoring.alerts import AlertManager
+from shepherd.monitoring.monitor import Monitor
+from shepherd.monitoring.predlog import PredictionLog
+from shepherd.monitoring.references import References
 from shepherd.serving.metrics import ServingMetrics
+from shepherd.store import registry
 from shepherd.store.blobs import BlobStore
+from shepherd.store.events import EventStore
 from shepherd.store.schema import MIGRATIONS
 from shepherd.store.sqlite import Database
 
@@ -62,7 +70,38 @@ class Appliance:
         self.auth = Authenticator(self.db, config.auth.token_cache_seconds)
         self.metrics = ServingMetrics()
         self.deployments = DeploymentManager(config, self.db, self.blobs, self.metrics)
+        self.alerts = AlertManager(self.db)
+        self.events = EventStore(config.data_dir / "events.duckdb")
+        self.references = References(self.events)
+        self.monitor = Monitor(
+            config, self.events, self.references, self.version_info, lambda: list(self.deployments.deployments),
+            self.alerts, self.metrics.registry, self.model_runner,
+        )
+        mon = config.monitoring
+        self.predlog = (
+            PredictionLog(self.events, mon, self.monitor.layout_of, self.metrics.registry) if mon.prediction_log else None
+        )
         self.ready = False
+
+    def version_info(self, model: str, version: int) -> tuple[dict, dict, dict | None]:
+        """A version's signature, bundle metrics and reference table (column -> array, None without one)."""
+        rec = self.db.read(lambda c: registry.get_version(c, model, version))
+        ref = next((f for f in rec.files if f.path == "reference.parquet"), None)
+        table = None
+        if ref is not None:
+            with duckdb.connect() as con:
+                table = con.execute("SELECT * FROM read_parquet(?)", [str(self.blobs.path(ref.sha256))]).fetchnumpy()
+            table = {k: np.asarray(v) for k, v in table.items()}
+        return rec.signature, rec.metrics, table
+
+    def model_runner(self, model: str, version: int):
+        """A function running a loaded session of `model` `version` (any deployment), or None when none is loaded."""
+        for dep in self.deployments.deployments.values():
+            for loaded in dep.slots.loaded():
+                if loaded.model == model and loaded.version == version and loaded.session is not None:
+                    session = loaded.session
+                    return lambda feed: dict(zip(session.output_names, session.run(feed)))
+        return None
 
     def start(self) -> None:
         """Recover from any crash, then mark the appliance ready for traffic (idempotent)."""
@@ -70,12 +109,21 @@ class Appliance:
             return
         recover(self.db, self.blobs, self.importer.tmp)
         self.deployments.restore()
+        self.monitor.start()
         self.ready = True
         log.info("appliance_ready", data_dir=str(self.config.data_dir))
 
     def close(self) -> None:
+        """Stop everything (idempotent): monitor, serving, then flush the prediction log and close the stores."""
+        if self._lock.closed:
+            return
         self.ready = False
+        self.monitor.close()
         self.deployments.close()
+        if self.predlog is not None:
+            self.predlog.close()  # after serving stopped: flush everything that was answered
+        self.events.close()
+        self.alerts.close()
         self.db.close()
         if not self._lock.closed:
             self._lock.close()

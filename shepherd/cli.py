@@ -1,4 +1,4 @@
-"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit."""
+"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit, alerts."""
 
 from __future__ import annotations
 
@@ -508,6 +508,43 @@ def audit_cmd(client: Any, as_json: bool, actor_name: str | None, action: str | 
     for e in found:
         e["change"] = f"{json.dumps(e['before'])} -> {json.dumps(e['after'])}"
     _print_table(found, ["id", "at", "actor", "action", "target", "change"])
+
+
+# ---------------------------------------------------------------------------------------- alerts
+@main.group("alerts")
+def alerts_group() -> None:
+    """Monitoring alerts: list them, acknowledge one."""
+
+
+@remote_command(alerts_group, "list")
+@click.option("--deployment", help="Only this deployment.")
+@click.option("--level", type=click.Choice(["warning", "critical", "emergency"]), help="Only this level.")
+@click.option("--open", "only_open", is_flag=True, help="Only unacknowledged alerts.")
+@click.option("--after", type=click.IntRange(0), default=0, help="Only alerts with a larger id.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+def alerts_list(client: Any, as_json: bool, deployment: str | None, level: str | None, only_open: bool, after: int, limit: int) -> None:
+    """List alerts, oldest first (viewer token)."""
+    params: dict[str, Any] = {"after": after, "limit": limit}
+    if deployment:
+        params["deployment"] = deployment
+    if level:
+        params["level"] = level
+    if only_open:
+        params["unacknowledged"] = "true"
+    found = client.request("GET", "/api/v1/alerts", params=params)
+    if as_json:
+        return _print_json(found)
+    for a in found:
+        a["acknowledged"] = f"{a['acknowledged_by']} at {a['acknowledged_at']}" if a["acknowledged_at"] else "no"
+    _print_table(found, ["id", "level", "deployment", "kind", "message", "occurrences", "first_at", "last_at", "acknowledged"])
+
+
+@remote_command(alerts_group, "ack")
+@click.argument("alert_id", metavar="ID", type=int)
+def alerts_ack(client: Any, as_json: bool, alert_id: int) -> None:
+    """Acknowledge alert ID (operator token); the next occurrence of its incident raises a new alert."""
+    a = client.request("POST", f"/api/v1/alerts/{alert_id}/ack")
+    _print_json(a) if as_json else click.echo(f"alert {a['id']} ({a['level']}, {a['deployment']}/{a['kind']}) acknowledged by {a['acknowledged_by']}")
 
 
 if __name__ == "__main__":

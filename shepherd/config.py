@@ -93,6 +93,27 @@ class ServingConfig(Section, kw_only=True):
     """How long a retired model version waits for its in-flight requests before it is released anyway."""
 
 
+class MonitoringConfig(Section, kw_only=True):
+    prediction_log: bool = True
+    """Record every served request (sampled by sample_rate) in the prediction log (<data_dir>/events.duckdb)."""
+    sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    """Share of requests recorded in the prediction log (feedback for an unrecorded request is reported as unknown)."""
+    buffer_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 200_000
+    """Most requests held in memory waiting for a flush; beyond it new records are dropped and counted (shepherd_prediction_log_dropped_total), never waited for."""
+    flush_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 20_000
+    """Flush the prediction log to DuckDB as soon as this many requests are buffered."""
+    flush_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
+    """Flush the prediction log at least this often, in seconds: the most that a crash (not a SIGTERM) can lose."""
+    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """Delete logged predictions (and their feedback) older than this many days (0: keep forever)."""
+    retention_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Keep at most this many logged predictions, deleting the oldest first (0: no limit)."""
+    interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
+    """How often the monitor looks for complete drift windows and new feedback, in seconds."""
+    policies_dir: str = "policies"
+    """Directory of per-deployment policy files (<deployment>.toml; default.toml applies to the rest). Relative paths resolve against the config file's directory."""
+
+
 class LoggingConfig(Section, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
@@ -111,6 +132,8 @@ class Config(Section, kw_only=True):
     """API tokens."""
     serving: ServingConfig = msgspec.field(default_factory=ServingConfig)
     """Inference engine, slots and dynamic batching."""
+    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    """Prediction log, drift windows and alerts; thresholds live in policy files."""
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     """Structured logging."""
 
@@ -123,7 +146,93 @@ class Config(Section, kw_only=True):
         return Path(self.serving.trt_engine_cache_dir) if self.serving.trt_engine_cache_dir else self.data_dir / "trt-cache"
 
 
-_PATH_FIELDS = (("storage", "data_dir"), ("bundles", "trusted_keys_dir"), ("serving", "trt_engine_cache_dir"))
+class DriftPolicy(Section, kw_only=True):
+    window_rows: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
+    """Tumbling windows of this many logged requests per version (0: use window_seconds)."""
+    window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Tumbling windows of this many seconds instead (used when window_rows is 0)."""
+    psi_threshold: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    """A numeric feature drifts when its PSI exceeds this..."""
+    p_value: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05
+    """...or when its KS (numeric) or chi-square (categorical) p-value, after Benjamini-Hochberg correction across features, is below this."""
+    drift_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """The window drifts (a Warning alert) when at least this share of the features with data drifted."""
+    bins: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 10
+    """Quantile bins per numeric feature for PSI and Jensen-Shannon, set when the reference profile is built."""
+    categorical: list[str] = msgspec.field(default_factory=list)
+    """Feature names compared as categories (chi-square) instead of numbers."""
+
+    def __post_init__(self) -> None:
+        if self.window_rows == 0 and self.window_seconds <= 0:
+            raise ValueError("set window_rows (> 0) or window_seconds (> 0)")
+
+
+class PerformancePolicy(Section, kw_only=True):
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """auto: classification when the label output has an integer, bool or string type, else regression."""
+    label_output: str = ""
+    """Output holding the predicted label (classification) or value (regression); "" = the first output."""
+    score_output: str = ""
+    """Output holding class probabilities, for ROC AUC and the score stream; "" = the first 2-D float output other than the label."""
+    baseline_metric: str = ""
+    """Key in the version's bundle metrics to compare with ("" = accuracy for classifiers, rmse for regressors)."""
+    window_labels: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 500
+    """Performance is computed over the most recent this many labelled requests of a version."""
+    min_labels: Annotated[int, msgspec.Meta(ge=1)] = 50
+    """No performance verdict (and no alert) with fewer labelled requests than this."""
+    critical_drop: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05
+    """Critical alert when the metric is worse than the baseline by more than this fraction of it."""
+    emergency_drop: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.15
+    """Emergency alert when it is worse by more than this fraction."""
+
+    def __post_init__(self) -> None:
+        if self.emergency_drop <= self.critical_drop:
+            raise ValueError("emergency_drop must be larger than critical_drop")
+
+
+class AlertPolicy(Section, kw_only=True):
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    """A repeat of an open (unacknowledged) incident within this many seconds updates the existing alert instead of raising a new one."""
+    webhook_url: Annotated[str, msgspec.Meta(pattern=r"^(https?://\S+)?$")] = ""
+    """POST every new or escalated alert as JSON to this URL ("" = no webhook)."""
+    webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    """Timeout of one webhook attempt, in seconds."""
+    webhook_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    """Further attempts after a failed webhook POST (connection error, 5xx or 429)."""
+    webhook_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.5
+    """Wait before the first retry; doubles on each further retry."""
+
+
+class Policy(Section, kw_only=True):
+    """A deployment's monitoring policy: <policies_dir>/<deployment>.toml, else default.toml, else these defaults."""
+
+    drift: DriftPolicy = msgspec.field(default_factory=DriftPolicy)
+    """Drift windows and thresholds."""
+    performance: PerformancePolicy = msgspec.field(default_factory=PerformancePolicy)
+    """Ground-truth performance and its alert thresholds."""
+    alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
+    """Alert cooldown and webhook."""
+
+
+def load_policy(policies_dir: Path, deployment: str) -> tuple[Policy, Path | None]:
+    """The policy for `deployment` and the file it came from (None: built-in defaults). Raises ConfigError naming file and key."""
+    for name in (f"{deployment}.toml", "default.toml"):
+        path = policies_dir / name
+        if path.is_file():
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as err:
+                raise ConfigError(f"{path}: not valid TOML: {err}") from None
+            try:
+                return msgspec.convert(raw, Policy), path
+            except msgspec.ValidationError as err:
+                raise explain(err, raw, str(path)) from None
+    return Policy(), None
+
+
+_PATH_FIELDS = (
+    ("storage", "data_dir"), ("bundles", "trusted_keys_dir"), ("serving", "trt_engine_cache_dir"), ("monitoring", "policies_dir"),
+)
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:

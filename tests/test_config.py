@@ -50,13 +50,48 @@ def test_every_setting_is_documented_in_shepherd_toml():
         assert lines[idx - 1].startswith("#"), f"{key} in configs/shepherd.toml has no comment above it"
 
 
+def test_example_policy_documents_every_setting_with_the_real_defaults(tmp_path):
+    """configs/policies/default.toml sets every policy field, commented, to its built-in default."""
+    docs = config_mod.field_docs(config_mod.Policy)
+    path = ROOT / "configs" / "policies" / "default.toml"
+    text = path.read_text()
+    lines = text.splitlines()
+    for key, doc in docs.items():
+        assert doc.strip(), f"policy {key} has no attribute docstring"
+        section, _, name = key.rpartition(".")
+        header = lines.index(f"[{section}]")
+        idx = next(i for i in range(header, len(lines)) if re.match(rf"^{name}\s*=", lines[i]))
+        assert lines[idx - 1].startswith("#"), f"policy {key} has no comment above it"
+    policy, source = config_mod.load_policy(path.parent, "any-deployment")
+    assert source == path and policy == config_mod.Policy()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[drift]\nwindow_rows = 0\n", "drift = {'window_rows': 0}: set window_rows"),
+        ("[drift]\npsi_threshold = -1\n", "drift.psi_threshold = -1"),
+        ("[performance]\ncritical_drop = 0.2\nemergency_drop = 0.1\n", "emergency_drop must be larger"),
+        ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url = 'ftp://x'"),
+        ("[alerts]\ncooldown = 5\n", "alerts.cooldown = 5: unknown setting"),
+        ("[drift\n", "not valid TOML"),
+    ],
+)
+def test_bad_policy_file_is_refused_naming_file_and_key(tmp_path, text, fragment):
+    """A policy file that breaks a rule raises ConfigError naming the file, the key and the reason."""
+    (tmp_path / "d.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load_policy(tmp_path, "d")
+    assert str(tmp_path / "d.toml") in str(info.value) and fragment in str(info.value)
+
+
 def test_shepherd_toml_values_equal_defaults_except_paths():
     """configs/shepherd.toml documents the real defaults (only the data directory differs)."""
     shipped = msgspec.to_builtins(config_mod.load(ROOT / "configs" / "shepherd.toml"))
     default = msgspec.to_builtins(config_mod.load(None))
     for section in default:
         for key, value in default[section].items():
-            if key in ("data_dir", "trusted_keys_dir"):
+            if key in ("data_dir", "trusted_keys_dir", "policies_dir"):
                 continue
             assert shipped[section][key] == value, f"{section}.{key}"
 
@@ -142,8 +177,22 @@ sections = st.fixed_dictionaries(
                 "max_batch_size": st.integers(1, 65536),
                 "max_queue_delay_us": st.integers(0, 10_000_000),
                 "max_queue_size": st.integers(1, 1_000_000),
+                "inline_max_us": st.integers(0, 1000),
                 "request_timeout_ms": st.integers(1, 3_600_000),
                 "drain_timeout_s": st.floats(0, 3600),
+            }
+        ),
+        "monitoring": st.fixed_dictionaries(
+            {
+                "prediction_log": st.booleans(),
+                "sample_rate": st.floats(0, 1),
+                "buffer_rows": st.integers(1, 10_000_000),
+                "flush_rows": st.integers(1, 10_000_000),
+                "flush_interval_s": st.floats(0.05, 3600),
+                "retention_days": st.floats(0, 1e6),
+                "retention_rows": st.integers(0, 2**40),
+                "interval_s": st.floats(0.05, 3600),
+                "policies_dir": st.just("/etc/shepherd/policies"),
             }
         ),
         "logging": st.fixed_dictionaries({"level": st.sampled_from(["debug", "info", "warning", "error"]), "format": st.sampled_from(["auto", "json", "console"])}),

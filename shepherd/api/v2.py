@@ -69,9 +69,7 @@ async def infer(request: Request, model: FromPath[str], version: FromPath[str | 
     appl = _app(request)
     header_length = request.headers.get(HEADER)  # the codec checks it strictly
     body = await request.body()
-    result = await inference.infer(
-        appl.deployments, appl.metrics, model, version, body, header_length, appl.config.serving.request_timeout_ms / 1000
-    )
+    result = await inference.infer_for(appl, model, version, body, header_length)
     if result.header_length is None:
         return Response(result.body, media_type="application/json")
     return Response(result.body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(result.header_length)})
@@ -116,9 +114,8 @@ def infer_fast_path(app: ASGIApp) -> ASGIApp:
                 if not message.get("more_body", False):
                     break
             header = headers.get(HEADER.encode())
-            result = await inference.infer(
-                appl.deployments, appl.metrics, params["model"], params.get("version"), b"".join(chunks),
-                None if header is None else header.decode("latin-1"), appl.config.serving.request_timeout_ms / 1000,
+            result = await inference.infer_for(
+                appl, params["model"], params.get("version"), b"".join(chunks), None if header is None else header.decode("latin-1")
             )
         except ShepherdError as err:
             extra = [(b"www-authenticate", b"Bearer")] if isinstance(err, Unauthenticated) else []

@@ -215,4 +215,7 @@ class Batcher:
         # Count first, answer second: statistics read after a response already include it.
         self._observe(batch, started, time.perf_counter(), rows)
         for p, res, error in zip(batch, results, errors):
-            p.loop.call_soon_threadsafe(_settle, p.future, res, error)
+            try:
+                p.loop.call_soon_threadsafe(_settle, p.future, res, error)
+            except RuntimeError:  # its event loop has closed (shutdown): nobody is waiting any more
+                pass

@@ -8,12 +8,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
+from typing import TYPE_CHECKING
 
 from shepherd.errors import InvalidInput, ShepherdError
 from shepherd.serving import codec
 from shepherd.serving.batcher import Pending
 from shepherd.deploy.manager import DeploymentManager
 from shepherd.serving.metrics import ServingMetrics
+
+if TYPE_CHECKING:
+    from shepherd.appliance import Appliance
+    from shepherd.monitoring.predlog import PredictionLog
 
 ROUTE_ATTEMPTS = 3
 VERSION = re.compile(r"[0-9]{1,18}")
@@ -59,6 +65,14 @@ def parse_version(version: str | None) -> int | None:
     return int(version)
 
 
+def infer_for(appl: Appliance, name: str, version: str | None, body: bytes, header_length: int | str | None):
+    """`infer` with the appliance's manager, metrics, prediction log and timeout (both HTTP entry points use this)."""
+    return infer(
+        appl.deployments, appl.metrics, name, version, body, header_length, appl.config.serving.request_timeout_ms / 1000,
+        predlog=appl.predlog,
+    )
+
+
 async def infer(
     manager: DeploymentManager,
     metrics: ServingMetrics,
@@ -67,8 +81,13 @@ async def infer(
     body: bytes,
     header_length: int | str | None,
     timeout: float,
+    predlog: PredictionLog | None = None,
 ) -> InferResult:
-    """Serve one V2 infer request against deployment `name` (optionally a pinned version)."""
+    """Serve one V2 infer request against deployment `name` (optionally a pinned version).
+
+    With a prediction log, a request without an `id` gets a generated one (echoed in the
+    response), so that ground truth can be sent for it later.
+    """
     started = time.perf_counter()
     pinned = parse_version(version)
     for _ in range(ROUTE_ATTEMPTS):
@@ -95,10 +114,14 @@ async def infer(
                 outputs = await pending.future
             finally:
                 timer.cancel()
+        request_id = request.id
+        if predlog is not None:
+            request_id = request_id or uuid.uuid4().hex
+            predlog.record(request_id, labels, loaded.signature, request.inputs, outputs, time.perf_counter() - started)
         out_body, out_header = codec.encode_response(
             model_name=name,
             model_version=str(loaded.version),
-            request_id=request.id,
+            request_id=request_id,
             outputs=outputs,
             requested=request.outputs,
             binary_default=request.binary_output_default,

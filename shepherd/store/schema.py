@@ -110,4 +110,30 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 3: alerts (one row per incident; see shepherd/monitoring/alerts.py for the dedup rule)
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        deployment TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        level TEXT NOT NULL CHECK (level IN ('warning', 'critical', 'emergency')),
+        dedup_key TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL,
+        first_at TEXT NOT NULL,
+        last_at TEXT NOT NULL,
+        occurrences INTEGER NOT NULL DEFAULT 1 CHECK (occurrences >= 1),
+        acknowledged_at TEXT,
+        acknowledged_by TEXT,
+        closed_at TEXT,
+        CHECK ((acknowledged_at IS NULL) = (acknowledged_by IS NULL)),
+        CHECK (acknowledged_at IS NULL OR closed_at IS NOT NULL)
+    );
+    -- At most one open incident per key: a later occurrence updates it instead of adding a row.
+    CREATE UNIQUE INDEX alerts_open_incident ON alerts(deployment, kind, dedup_key) WHERE closed_at IS NULL;
+    CREATE INDEX alerts_deployment ON alerts(deployment, id);
+    CREATE INDEX alerts_level ON alerts(level, id);
+    CREATE INDEX alerts_unacknowledged ON alerts(id) WHERE acknowledged_at IS NULL;
+    CREATE INDEX alerts_last_at ON alerts(last_at);
+    """,
 ]

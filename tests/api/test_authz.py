@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shepherd.auth import create_token
+from shepherd.store import alerts as alert_store
 from shepherd.store import registry
 from tests.conftest import bearer
 
@@ -52,6 +53,27 @@ def _new_token(env: dict) -> None:
     env["victim"] = create_token(env["db"], role="viewer", name="victim", actor="setup")[1].id
 
 
+def _open_alert(env: dict) -> None:
+    """An unacknowledged alert (the same open one until a role acknowledges it, then a new one)."""
+    at = "2030-01-01T00:00:00.000000+00:00"
+    env["alert"] = env["db"].write(
+        lambda c: alert_store.record(c, deployment="d", kind="drift", level="warning", key="drift", message="m", details={}, at=at, open_after="")
+    )[1].id
+
+
+def _served(env: dict) -> None:
+    """Two logged requests on deployment d (primary, version 2), so a reference can be adopted from them."""
+    for _ in range(2):
+        _admin(env, "POST", "/v2/models/d/infer", json=INFER)
+
+
+def _adopted(env: dict) -> None:
+    if not env.get("adopted"):
+        _served(env)
+        _admin(env, "POST", "/api/v1/deployments/d/reference", json={"rows": 2})
+        env["adopted"] = True
+
+
 CASES = [
     Case("GET", "/v2/health/live", "/v2/health/live", None, {200}),
     Case("GET", "/v2/health/ready", "/v2/health/ready", None, {200}),
@@ -79,6 +101,15 @@ CASES = [
     Case("POST", "/api/v1/deployments/{name:str}/promote", "/api/v1/deployments/d/promote", "operator", {200}, setup=_candidate),
     Case("POST", "/api/v1/deployments/{name:str}/rollback", "/api/v1/deployments/d/rollback", "operator", {200}),
     Case("DELETE", "/api/v1/deployments/{name:str}", "/api/v1/deployments/gone", "operator", {200}, setup=_deployment("gone")),
+    Case("GET", "/api/v1/alerts", "/api/v1/alerts?deployment=d&unacknowledged=true", "viewer", {200}),
+    Case("POST", "/api/v1/alerts/{alert_id:int}/ack", "/api/v1/alerts/{alert}/ack", "operator", {200}, setup=_open_alert),
+    Case("POST", "/api/v1/feedback", "/api/v1/feedback", "operator", {200}, body={"request_id": "r1", "label": 1}),
+    Case("GET", "/api/v1/deployments/{name:str}/drift", "/api/v1/deployments/d/drift", "viewer", {200}),
+    Case("GET", "/api/v1/deployments/{name:str}/performance", "/api/v1/deployments/d/performance", "viewer", {200}),
+    # the first adoption succeeds; the version's reference is immutable afterwards (409)
+    Case("POST", "/api/v1/deployments/{name:str}/reference", "/api/v1/deployments/d/reference", "operator", {201, 409}, body={"rows": 2}, setup=_served),
+    Case("GET", "/api/v1/deployments/{name:str}/reference", "/api/v1/deployments/d/reference", "viewer", {200}, setup=_adopted),
+    Case("GET", "/api/v1/deployments/{name:str}/predictions", "/api/v1/deployments/d/predictions", "operator", {200}),
     Case("GET", "/metrics", "/metrics", "viewer", {200}),
     Case("GET", "/v2", "/v2", "viewer", {200}),
     Case("GET", "/v2/models/{model:str}", "/v2/models/d", "viewer", {200}),

@@ -1,0 +1,93 @@
+"""Ground truth: labels sent after the fact, joined to the prediction log by request id.
+
+Rules (also in the README):
+  * A label names the request by the `id` the infer response carried (Shepherd generates one when
+    the request had none) and, for a request of several rows, the row (0-based; default 0).
+  * Labels are numbers: the class index for classifiers, the true value for regressors.
+  * Labels may arrive late and in any order. Before matching, the prediction log is flushed, so a
+    label sent right after its response still finds its request.
+  * A label whose request is not in the log (unknown id, sampled out, or deleted by retention) is
+    not stored; it is returned in `unknown`, never silently dropped.
+  * Duplicates: a later label for the same (request id, row) replaces the earlier one (the newest
+    label wins); the response counts them in `replaced`. Within one batch, the last one wins.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import msgspec
+
+from shepherd.errors import InvalidInput
+from shepherd.monitoring.predlog import PredictionLog
+from shepherd.store.events import EventStore
+
+MAX_LABELS = 100_000
+
+
+class Label(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: str
+    """The `id` of the infer response."""
+    label: float
+    """The true class index (classifiers) or value (regressors)."""
+    row: int = 0
+    """Row inside a multi-row request (0-based)."""
+
+
+class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Either one label (request_id + label [+ row]) or a batch in `labels`."""
+
+    request_id: str | None = None
+    label: float | None = None
+    row: int = 0
+    labels: list[Label] | None = None
+
+    def items(self) -> list[Label]:
+        if self.labels is not None:
+            if self.request_id is not None or self.label is not None:
+                raise InvalidInput("send either request_id + label or labels, not both", field="labels")
+            return self.labels
+        if self.request_id is None:
+            raise InvalidInput("request_id is required (or send a batch in labels)", field="request_id")
+        if self.label is None:
+            raise InvalidInput("label is required", field="label")
+        return [Label(self.request_id, self.label, self.row)]
+
+
+class FeedbackResult(msgspec.Struct, kw_only=True):
+    accepted: int
+    """Labels stored (including those that replaced an earlier label)."""
+    replaced: int
+    """Accepted labels that replaced an earlier label for the same request row."""
+    unknown: list[Label]
+    """Labels whose request row is not in the prediction log; not stored."""
+
+
+def validate(items: list[Label]) -> None:
+    if not items:
+        raise InvalidInput("labels is empty", field="labels")
+    if len(items) > MAX_LABELS:
+        raise InvalidInput(f"at most {MAX_LABELS} labels per request (got {len(items)})", field="labels")
+    for i, item in enumerate(items):
+        if not item.request_id or len(item.request_id) > 256:
+            raise InvalidInput("request_id must be 1 to 256 characters", field=f"labels[{i}].request_id")
+        if not math.isfinite(item.label):
+            raise InvalidInput("label must be a finite number", field=f"labels[{i}].label")
+        if item.row < 0:
+            raise InvalidInput("row must be >= 0", field=f"labels[{i}].row")
+
+
+def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label]) -> FeedbackResult:
+    """Store the labels whose request rows are logged; report the rest."""
+    validate(items)
+    if predlog is not None:
+        predlog.flush()
+    latest: dict[tuple[str, int], Label] = {}
+    for item in items:
+        latest[(item.request_id, item.row)] = item  # within a batch, the last one wins
+    keys = list(latest)
+    known = events.known_rows(keys)
+    store = [k for k in keys if k in known]
+    replaced = events.upsert_feedback(store, [latest[k].label for k in store], datetime.now(UTC))
+    return FeedbackResult(accepted=len(store), replaced=replaced, unknown=[latest[k] for k in keys if k not in known])

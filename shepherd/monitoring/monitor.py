@@ -1,0 +1,468 @@
+"""The monitor: drift windows, ground-truth performance and streaming detectors, per deployment and version.
+
+A daemon thread runs `tick()` every `monitoring.interval_s` (tests call it directly). For every
+deployment and every version it has logged predictions for, one tick:
+
+1. **Drift windows (tumbling).** By count (`drift.window_rows`: the next N logged rows after the
+   last window) or by time (`drift.window_seconds`: aligned to multiples of the window length
+   since the Unix epoch, and closed once its end is more than one flush interval in the past).
+   Each complete window is compared with the version's reference profile: numeric features get
+   PSI, KS + p-value, Wasserstein-1 (raw and over the reference std) and Jensen-Shannon;
+   categorical ones chi-square + p-value and Jensen-Shannon; the outputs get the same tests
+   (prediction drift). P-values are Benjamini-Hochberg corrected across the window's features.
+   A feature drifts when its PSI > `psi_threshold` or its corrected p-value < `p_value`; the
+   window drifts when the share of drifted features (among those with data) >= `drift_share`.
+   Results go to DuckDB, Prometheus gauges, and a Warning alert when the window drifted.
+   A version without a reference profile gets no drift windows (a `reference_missing` log event
+   once); an operator can adopt its first logged rows (`shepherd reference adopt`).
+2. **Performance.** When new labels arrived, the most recent `performance.window_labels`
+   labelled rows are scored (`performance.py`) and compared with the version's bundle metric
+   (`baseline_metric`): a relative drop above `critical_drop` raises Critical, above
+   `emergency_drop` Emergency.
+3. **Streaming detectors.** ADWIN and Page-Hinkley watch the score stream (the top class score,
+   or the predicted value of a regressor) of every new logged row; DDM (classifiers) or ADWIN
+   (regressors, on the absolute error) watches the error stream of new labels. A detection
+   raises a Warning. Detector state lives in memory and starts fresh after a restart.
+
+Policies are re-read when their file changes; an invalid file is refused (logged, and the last
+good policy stays in force).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import structlog
+from prometheus_client import CollectorRegistry, Gauge
+
+from shepherd.config import Config, Policy, load_policy
+from shepherd.errors import ConfigError
+from shepherd.monitoring import kernels, performance
+from shepherd.monitoring.detectors import ADWIN, DDM, PageHinkley
+from shepherd.monitoring.layout import Layout, build_layout, targets
+from shepherd.monitoring.references import References, VersionReference
+from shepherd.store.events import EventStore, list_matrix
+
+log = structlog.get_logger()
+MAX_WINDOWS_PER_TICK = 100
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[str, np.ndarray] | None]]
+"""(model, version) -> (signature, bundle metrics, reference table or None)."""
+
+
+class StreamState:
+    """Detectors of one (deployment, version), and how far each stream has been read."""
+
+    def __init__(self, classification: bool) -> None:
+        self.score_adwin, self.score_ph = ADWIN(), PageHinkley()
+        self.error = DDM() if classification else ADWIN()
+        self.score_seq = 0
+        self.error_received: datetime | None = None
+
+
+class Monitor:
+    def __init__(
+        self, config: Config, events: EventStore, references: References, version_info: VersionInfo,
+        deployments: Callable[[], list[str]], alerts: Any, registry: CollectorRegistry,
+        run_model: Callable[[str, int], Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None],
+    ) -> None:
+        self.config = config
+        self.events = events
+        self.references = references
+        self.version_info = version_info
+        self.deployments = deployments
+        self.alerts = alerts
+        self.run_model = run_model
+        self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
+        self._layouts: dict[tuple[str, int], Layout] = {}
+        self._streams: dict[tuple[str, int], StreamState] = {}
+        self._perf_seen: dict[tuple[str, int], datetime | None] = {}
+        self._warned: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        labels = ["deployment", "model", "version"]
+        self.g_share = Gauge("shepherd_drift_share", "Share of drifted features in the last window.", labels, registry=registry)
+        self.g_drifted = Gauge("shepherd_drift_detected", "1 when the last window drifted.", labels, registry=registry)
+        self.g_rows = Gauge("shepherd_drift_window_rows", "Rows in the last window.", labels, registry=registry)
+        self.g_psi = Gauge("shepherd_drift_feature_psi", "PSI of each feature in the last window.", [*labels, "feature"], registry=registry)
+        self.g_pval = Gauge(
+            "shepherd_drift_feature_pvalue", "Corrected p-value of each feature in the last window.", [*labels, "feature"], registry=registry
+        )
+        self.g_perf = Gauge("shepherd_model_performance", "Metric over the latest labelled rows.", [*labels, "metric"], registry=registry)
+        self.g_stream = Gauge(
+            "shepherd_stream_drift_detections", "Streaming detector detections since start.", [*labels, "stream"], registry=registry
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Compile the kernels in the background (the first window does not pay for it), then tick every interval."""
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        try:
+            seconds = kernels.warm_up()
+            log.info("drift_kernels_ready", seconds=round(seconds, 3))
+        except Exception:
+            log.exception("drift_kernels_warm_up_failed")
+        while not self._stop.wait(self.config.monitoring.interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("monitor_tick_failed")
+
+    # -- policies and layouts -------------------------------------------------------------
+
+    def policy(self, deployment: str) -> Policy:
+        """The deployment's policy, re-read when its file changed; an invalid file keeps the last good one."""
+        directory = Path(self.config.monitoring.policies_dir)
+        path = next((p for p in (directory / f"{deployment}.toml", directory / "default.toml") if p.is_file()), None)
+        mtime = path.stat().st_mtime if path is not None else None
+        cached = self._policies.get(deployment)
+        if cached is not None and cached[0] == mtime and cached[1] == path:
+            return cached[2]
+        try:
+            policy, _ = load_policy(directory, deployment)
+        except ConfigError as err:
+            log.error("policy_invalid", deployment=deployment, error=str(err))
+            if cached is not None:
+                self._policies[deployment] = (mtime, path, cached[2])
+                return cached[2]
+            raise
+        self._policies[deployment] = (mtime, path, policy)
+        if cached is not None:
+            log.info("policy_reloaded", deployment=deployment, file=str(path) if path else None)
+        return policy
+
+    def layout_of(self, model: str, version: int, signature: dict[str, Any] | None = None) -> Layout:
+        key = (model, version)
+        layout = self._layouts.get(key)
+        if layout is None:
+            sig, _, table = self.version_info(model, version)
+            columns = None if table is None else [c for c, a in table.items() if a.dtype.kind in "iufb"]
+            layout = self._layouts[key] = build_layout(signature or sig, columns)
+        return layout
+
+    def reference(self, deployment: str, model: str, version: int) -> VersionReference | None:
+        ref = self.references.get(model, version)
+        if ref is None and (model, version) not in self._warned:
+            _, _, table = self.version_info(model, version)
+            policy = self.policy(deployment).drift
+            if table is not None:
+                ref = self.references.from_bundle(
+                    model, version, table, self.layout_of(model, version), policy.bins, policy.categorical, self.run_model(model, version)
+                )
+            if ref is None:
+                self._warned.add((model, version))
+                log.warning("reference_missing", deployment=deployment, model=model, version=version)
+        return ref
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        with self._lock:
+            now = now or datetime.now(UTC)
+            for deployment in self.deployments():
+                try:
+                    policy = self.policy(deployment)
+                except ConfigError:
+                    continue
+                for model, version in self.events.versions_logged(deployment):
+                    try:
+                        self._windows(deployment, model, version, policy, now)
+                        self._performance(deployment, model, version, policy, now)
+                        self._streams_step(deployment, model, version, policy)
+                    except Exception:
+                        log.exception("monitor_version_failed", deployment=deployment, model=model, version=version)
+
+    # -- drift windows --------------------------------------------------------------------
+
+    def _windows(self, deployment: str, model: str, version: int, policy: Policy, now: datetime) -> None:
+        ref = self.reference(deployment, model, version)
+        if ref is None:
+            return
+        dp = policy.drift
+        for _ in range(MAX_WINDOWS_PER_TICK):
+            window_id, last_seq, last_end = self.events.last_window(deployment, version)
+            if dp.window_rows:
+                table = self.events.window_rows(deployment, version, last_seq, dp.window_rows)
+                if table.num_rows < dp.window_rows:
+                    return
+                start, end = table.column("ts")[0].as_py(), table.column("ts")[-1].as_py()
+            else:
+                length = timedelta(seconds=dp.window_seconds)
+                if last_end is None:
+                    first = self.events.first_ts(deployment, version)
+                    if first is None:
+                        return
+                    start = EPOCH + length * math.floor((first - EPOCH) / length)
+                else:
+                    start = last_end
+                end = start + length
+                if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
+                    return
+                table = self.events.window_by_time(deployment, version, start, end)
+            self._evaluate(deployment, model, version, window_id + 1, start, end, table, ref, policy, now)
+
+    def _evaluate(
+        self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
+        table: pa.Table, ref: VersionReference, policy: Policy, now: datetime,
+    ) -> None:
+        layout = self.layout_of(model, version)
+        x, y = list_matrix(table, "x"), list_matrix(table, "y")
+        if x.shape[1] == 0:
+            x = np.empty((0, len(layout.x_names)))
+        if y.shape[1] == 0:
+            y = np.empty((0, len(layout.y_names)))
+        rows: list[dict[str, Any]] = []
+        rows += _profile_rows(ref.inputs, layout.x_names, x, "input")
+        if ref.outputs is not None:
+            rows += _profile_rows(ref.outputs, layout.y_names, y, "output")
+        dp = policy.drift
+        pvals = np.array([r["ks_pvalue"] if r["kind"] == "numeric" else r["chi2_pvalue"] for r in rows], dtype=np.float64)
+        pvals = np.where([r["has_data"] for r in rows], pvals, np.nan) if rows else pvals
+        adjusted = kernels.benjamini_hochberg(pvals) if rows else pvals
+        for r, p in zip(rows, adjusted):
+            r["pvalue_adjusted"] = None if np.isnan(p) else float(p)
+            psi_hit = r["psi"] is not None and r["psi"] > dp.psi_threshold
+            r["drifted"] = bool(r["has_data"] and (psi_hit or (r["pvalue_adjusted"] is not None and r["pvalue_adjusted"] < dp.p_value)))
+        verdict = kernels.dataset_verdict(
+            np.array([r["drifted"] for r in rows], dtype=bool), np.array([r["has_data"] for r in rows], dtype=bool), dp.drift_share
+        )
+        first_seq = int(table.column("seq")[0].as_py()) if table.num_rows else self.events.last_window(deployment, version)[1]
+        last_seq = int(table.column("seq")[-1].as_py()) if table.num_rows else first_seq
+        window = {
+            "deployment": deployment, "model": model, "version": version, "window_id": window_id,
+            "start_ts": start, "end_ts": end, "first_seq": first_seq, "last_seq": last_seq, "n_rows": table.num_rows,
+            "n_features": verdict.n_features, "n_evaluated": verdict.n_evaluated, "n_drifted": verdict.n_drifted,
+            "share": verdict.share_drifted, "drifted": verdict.drifted, "computed_at": now,
+        }
+        features = pa.Table.from_pylist(
+            [{"deployment": deployment, "version": version, "window_id": window_id, **r} for r in rows], schema=FEATURE_SCHEMA
+        )
+        self.events.save_window(window, features)
+        labels = (deployment, model, str(version))
+        self.g_share.labels(*labels).set(verdict.share_drifted)
+        self.g_drifted.labels(*labels).set(1 if verdict.drifted else 0)
+        self.g_rows.labels(*labels).set(table.num_rows)
+        for r in rows:
+            if r["psi"] is not None:
+                self.g_psi.labels(*labels, r["feature"]).set(r["psi"])
+            if r["pvalue_adjusted"] is not None:
+                self.g_pval.labels(*labels, r["feature"]).set(r["pvalue_adjusted"])
+        log.info(
+            "drift_window", deployment=deployment, model=model, version=version, window_id=window_id, rows=table.num_rows,
+            share=round(verdict.share_drifted, 4), drifted=verdict.drifted,
+        )
+        if verdict.drifted:
+            drifted = [r["feature"] for r in rows if r["drifted"]]
+            self._alert(
+                deployment, "data_drift", "warning", policy,
+                f"{deployment}: {model} v{version} drifted in window {window_id}: {verdict.n_drifted} of "
+                f"{verdict.n_evaluated} features ({verdict.share_drifted:.0%} >= {dp.drift_share:.0%})",
+                {"model": model, "version": version, "window_id": window_id, "features": drifted[:50], "share": verdict.share_drifted},
+                key=f"data_drift:{version}",
+            )
+
+    # -- performance ----------------------------------------------------------------------
+
+    def evaluate_performance(self, deployment: str, model: str, version: int, policy: Policy) -> dict[str, Any] | None:
+        """Metrics over the latest labelled rows of a version (None when it has none)."""
+        pp = policy.performance
+        table = self.events.labelled(deployment, version, pp.window_labels)
+        if table.num_rows == 0:
+            return None
+        layout = self.layout_of(model, version)
+        t = targets(layout, pp)
+        y = list_matrix(table, "y")
+        truth = table.column("label").to_numpy()
+        if t.label_index is None:
+            return None
+        pred = y[:, t.label_index]
+        if t.task == "classification":
+            scores = y[:, t.score_indices] if t.score_indices else None
+            metrics = performance.classification(truth, pred, scores)
+        else:
+            metrics = performance.regression(truth, pred)
+        _, bundle_metrics, _ = self.version_info(model, version)
+        name = pp.baseline_metric or ("accuracy" if t.task == "classification" else "rmse")
+        baseline = bundle_metrics.get(name)
+        current = metrics.get(name)
+        drop = None if baseline is None or current is None else performance.relative_drop(name, float(baseline), float(current))
+        return {
+            "deployment": deployment, "model": model, "version": version, "task": t.task, "n_labels": table.num_rows,
+            "metrics": metrics, "baseline_metric": name, "baseline": baseline, "current": current, "drop": drop,
+        }
+
+    def _performance(self, deployment: str, model: str, version: int, policy: Policy, now: datetime) -> None:
+        key = (deployment, version)
+        latest = self.events.cursor().execute(
+            "SELECT max(f.received_at) FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.\"row\" = f.\"row\" "
+            "WHERE p.deployment = ? AND p.version = ?", [deployment, version],
+        ).fetchone()[0]
+        if latest is None or self._perf_seen.get(key) == latest:
+            return
+        self._perf_seen[key] = latest
+        result = self.evaluate_performance(deployment, model, version, policy)
+        if result is None:
+            return
+        self.events.save_performance({**result, "computed_at": now, "metrics": msgspec.json.encode(result["metrics"]).decode()})
+        for name, value in result["metrics"].items():
+            if value is not None:
+                self.g_perf.labels(deployment, model, str(version), name).set(value)
+        pp = policy.performance
+        drop = result["drop"]
+        if drop is None or result["n_labels"] < pp.min_labels:
+            return
+        level = "emergency" if drop > pp.emergency_drop else "critical" if drop > pp.critical_drop else None
+        if level:
+            name = result["baseline_metric"]
+            self._alert(
+                deployment, "performance_drop", level, policy,
+                f"{deployment}: {model} v{version} {name} {result['current']:.4f} is {drop:.1%} worse than its baseline "
+                f"{result['baseline']:.4f} over {result['n_labels']} labelled requests",
+                {"model": model, "version": version, "metric": name, "baseline": result["baseline"], "current": result["current"],
+                 "drop": drop, "n_labels": result["n_labels"]},
+                key=f"performance_drop:{version}",
+            )
+
+    # -- streaming detectors --------------------------------------------------------------
+
+    def _streams_step(self, deployment: str, model: str, version: int, policy: Policy) -> None:
+        layout = self.layout_of(model, version)
+        t = targets(layout, policy.performance)
+        key = (deployment, version)
+        state = self._streams.get(key)
+        if state is None:
+            state = self._streams[key] = StreamState(t.task == "classification")
+            state.score_seq = self.events.last_window(deployment, version)[1]  # start from the present, not the whole history
+        labels = (deployment, model, str(version))
+        new = self.events.window_rows(deployment, version, state.score_seq, 100_000)
+        if new.num_rows:
+            state.score_seq = int(new.column("seq")[-1].as_py())
+            y = list_matrix(new, "y")
+            if t.score_indices:
+                score = y[:, t.score_indices].max(axis=1)
+            elif t.label_index is not None:
+                score = y[:, t.label_index]
+            else:
+                score = np.empty(0)
+            score = np.ascontiguousarray(score[np.isfinite(score)], dtype=np.float64)
+            hits = len(state.score_adwin.update_many(score)) + len(state.score_ph.update_many(score)) if len(score) else 0
+            if hits:
+                self.g_stream.labels(*labels, "score").inc(hits)
+                self._alert(
+                    deployment, "score_stream_drift", "warning", policy,
+                    f"{deployment}: {model} v{version}: the prediction score stream changed (ADWIN / Page-Hinkley)",
+                    {"model": model, "version": version, "detections": hits}, key=f"score_stream:{version}",
+                )
+        labelled = self.events.labelled_since(deployment, version, state.error_received)
+        if labelled.num_rows and t.label_index is not None:
+            state.error_received = labelled.column("received_at")[-1].as_py()
+            pred = list_matrix(labelled, "y")[:, t.label_index]
+            truth = labelled.column("label").to_numpy()
+            errors = (pred != truth).astype(np.float64) if t.task == "classification" else np.abs(pred - truth)
+            hits = len(state.error.update_many(np.ascontiguousarray(errors)))
+            if hits:
+                self.g_stream.labels(*labels, "error").inc(hits)
+                self._alert(
+                    deployment, "error_stream_drift", "warning", policy,
+                    f"{deployment}: {model} v{version}: the error rate changed ({type(state.error).__name__})",
+                    {"model": model, "version": version, "detections": hits}, key=f"error_stream:{version}",
+                )
+
+    # -- queries for the API and CLI -------------------------------------------------------
+
+    def drift_history(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
+        """Windows that ended in [start, end), newest first, each with its per-feature results."""
+        windows = self.events.windows(deployment, start, end, limit)
+        feats = self.events.window_features(deployment, [(w["version"], w["window_id"]) for w in windows])
+        by_key: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for f in feats:
+            by_key.setdefault((f["version"], f["window_id"]), []).append(
+                {k: v for k, v in f.items() if k not in ("deployment", "version", "window_id")}
+            )
+        return [{**w, "features": by_key.get((w["version"], w["window_id"]), [])} for w in windows]
+
+    def adopt_reference(self, deployment: str, model: str, version: int, rows: int, actor: str) -> Any:
+        dp = self.policy(deployment).drift
+        info = self.references.adopt(model, version, rows, self.layout_of(model, version), dp.bins, dp.categorical, actor)
+        self._warned.discard((model, version))
+        return info
+
+    def _alert(self, deployment: str, kind: str, level: str, policy: Policy, message: str, details: dict, *, key: str) -> None:
+        if self.alerts is None:
+            log.warning("alert", deployment=deployment, kind=kind, level=level, message=message)
+            return
+        self.alerts.raise_alert(deployment, kind, level, message, details, key=key, sinks=sinks_of(policy))
+
+
+def sinks_of(policy: Policy) -> Any:
+    from shepherd.monitoring.alerts import AlertSinks
+
+    a = policy.alerts
+    return AlertSinks(
+        cooldown_s=a.cooldown_s, webhook_url=a.webhook_url, webhook_timeout_s=a.webhook_timeout_s,
+        webhook_retries=a.webhook_retries, webhook_backoff_s=a.webhook_backoff_s,
+    )
+
+
+FEATURE_SCHEMA = pa.schema([
+    ("deployment", pa.string()), ("version", pa.int32()), ("window_id", pa.int64()), ("feature", pa.string()),
+    ("role", pa.string()), ("kind", pa.string()), ("n", pa.int64()), ("has_data", pa.bool_()),
+    ("psi", pa.float64()), ("ks", pa.float64()), ("ks_pvalue", pa.float64()), ("wasserstein", pa.float64()),
+    ("wasserstein_norm", pa.float64()), ("js", pa.float64()), ("chi2", pa.float64()), ("chi2_pvalue", pa.float64()),
+    ("pvalue_adjusted", pa.float64()), ("missing_rate", pa.float64()), ("ref_missing_rate", pa.float64()), ("drifted", pa.bool_()),
+])
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _profile_rows(profile: Any, names: list[str], matrix: np.ndarray, role: str) -> list[dict[str, Any]]:
+    """Run the kernels for one profile over the matching columns of a window; one dict per feature."""
+    index = {n: j for j, n in enumerate(names)}
+    out: list[dict[str, Any]] = []
+    if profile.numeric:
+        cols = [index[n] for n in profile.numeric_names]
+        res = kernels.numeric_drift(profile, np.ascontiguousarray(matrix[:, cols]))
+        for j, name in enumerate(res.names):
+            has = bool(res.has_data[j])
+            out.append({
+                "feature": name, "role": role, "kind": "numeric", "n": int(res.n[j]), "has_data": has,
+                "psi": _num(res.psi[j]) if has else None, "ks": _num(res.ks_stat[j]) if has else None,
+                "ks_pvalue": _num(res.ks_pvalue[j]) if has else None, "wasserstein": _num(res.wasserstein[j]) if has else None,
+                "wasserstein_norm": _num(res.wasserstein_norm[j]) if has else None, "js": _num(res.js[j]) if has else None,
+                "chi2": None, "chi2_pvalue": None, "missing_rate": _num(res.missing_rate[j]),
+                "ref_missing_rate": _num(res.ref_missing_rate[j]),
+            })
+    if profile.categorical:
+        # both the reference and the window are float64 columns here, so categories compare alike
+        res = kernels.categorical_drift(profile, profile.categorical_codes({n: matrix[:, index[n]] for n in profile.categorical_names}))
+        for j, name in enumerate(res.names):
+            has = bool(res.has_data[j])
+            out.append({
+                "feature": name, "role": role, "kind": "categorical", "n": int(res.n[j]), "has_data": has,
+                "psi": None, "ks": None, "ks_pvalue": None, "wasserstein": None, "wasserstein_norm": None,
+                "js": _num(res.js[j]) if has else None, "chi2": _num(res.chi2_stat[j]) if has else None,
+                "chi2_pvalue": _num(res.chi2_pvalue[j]) if has else None, "missing_rate": _num(res.missing_rate[j]),
+                "ref_missing_rate": _num(res.ref_missing_rate[j]),
+            })
+    return out

@@ -1,0 +1,215 @@
+"""The prediction log: every served request, buffered in memory and flushed to DuckDB in batches.
+
+The request path calls `record()`, which appends one tuple holding references to the decoded
+inputs and the outputs: no copy, no formatting, no I/O, a few microseconds. A background thread
+(`flusher`) swaps the buffer out under a lock, flattens each request's tensors into the
+version's layout (`layout.py`), builds one Arrow table and appends it to DuckDB in one INSERT.
+
+Durability: a flush runs when `flush_rows` requests are buffered or `flush_interval_s` has
+passed, whichever is first. `close()` (SIGTERM, shutdown) flushes everything still buffered.
+A crash (SIGKILL, power loss) loses what arrived since the last flush: at most one interval.
+
+Back-pressure: the buffer holds at most `buffer_rows` requests. When DuckDB cannot keep up,
+further records are dropped and counted (`shepherd_prediction_log_dropped_total`); the request
+itself is never delayed. Sampling (`sample_rate`) decides per request, before anything is kept.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shepherd.config import MonitoringConfig
+from shepherd.monitoring.layout import Layout
+from shepherd.store.events import EventStore, fixed_list
+
+log = structlog.get_logger()
+RETENTION_EVERY_S = 60.0
+
+
+class PredictionLog:
+    """Buffers records on the event loop; a daemon thread flushes them to the EventStore."""
+
+    def __init__(
+        self,
+        events: EventStore,
+        cfg: MonitoringConfig,
+        layout_of: Callable[[str, int, dict[str, Any]], Layout],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.events = events
+        self.cfg = cfg
+        self.layout_of = layout_of
+        self._buf: list[tuple] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._stop = False
+        self._seq = events.next_seq()
+        self._flush_count = 0
+        self._requested = 0  # flush generations asked for by flush(); the flusher serves them in order
+        self._served = 0
+        self._last_retention = 0.0
+        self.rows = Counter("shepherd_prediction_log_rows", "Request rows written to the prediction log", registry=registry)
+        self.dropped = Counter(
+            "shepherd_prediction_log_dropped", "Requests not logged because the buffer was full", registry=registry
+        )
+        self.failures = Counter("shepherd_prediction_log_flush_failures", "Flushes that failed and were retried", registry=registry)
+        self.buffered = Gauge("shepherd_prediction_log_buffered", "Requests waiting for the next flush", registry=registry)
+        self.buffered.set_function(lambda: len(self._buf))
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    # -- request path ---------------------------------------------------------------------
+
+    def record(
+        self, request_id: str, labels: tuple, signature: dict[str, Any],
+        inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_s: float,
+    ) -> bool:
+        """Keep one answered request for the next flush; False when sampled out or dropped."""
+        rate = self.cfg.sample_rate
+        if rate < 1.0 and random.random() >= rate:
+            return False
+        buf = self._buf
+        if len(buf) >= self.cfg.buffer_rows:
+            self.dropped.inc()
+            return False
+        buf.append((request_id, time.time(), labels, signature, inputs, outputs, latency_s))
+        if len(buf) >= self.cfg.flush_rows:
+            self._wake.set()
+        return True
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything recorded before this call is in DuckDB (used by feedback and tests)."""
+        with self._flushed:
+            self._requested += 1
+            target = self._requested
+            self._wake.set()
+            return self._flushed.wait_for(lambda: self._served >= target or self._stop, timeout)
+
+    def close(self) -> None:
+        """Flush everything and stop the thread (graceful shutdown)."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.cfg.flush_interval_s)
+            self._wake.clear()
+            with self._flushed:
+                target = self._requested
+            try:
+                self._flush_once()
+            except Exception:
+                self.failures.inc()
+                log.exception("prediction_log_flush_failed")
+                if not self._stop:
+                    time.sleep(min(self.cfg.flush_interval_s, 1.0))
+                    continue
+            self._maybe_retain()
+            with self._flushed:
+                self._served = max(self._served, target)
+                self._flushed.notify_all()
+            if self._stop:
+                return
+
+    def _flush_once(self) -> None:
+        with self._lock:
+            batch, self._buf = self._buf, []
+        if not batch:
+            return
+        try:
+            table = self._table(batch)
+            self.events.append_predictions(table)
+        except Exception:
+            with self._lock:  # put it back in front, so nothing acknowledged is lost
+                self._buf[:0] = batch
+            raise
+        self._seq += table.num_rows
+        self.rows.inc(table.num_rows)
+
+    def _table(self, batch: list[tuple]) -> pa.Table:
+        """One Arrow table for a batch: requests of the same version are flattened together."""
+        groups: dict[tuple[str, int], list[tuple]] = {}
+        for rec in batch:
+            labels = rec[2]
+            groups.setdefault((labels[1], int(labels[2])), []).append(rec)
+        parts = []
+        seq = self._seq
+        for (model, version), recs in groups.items():
+            layout = self.layout_of(model, version, recs[0][3])
+            x = _flatten([r[4] for r in recs], layout.inputs)
+            y = _flatten([r[5] for r in recs], layout.outputs)
+            rows = np.array([_rows(r, layout) for r in recs], dtype=np.int64)
+            n = int(rows.sum())
+            parts.append(pa.table({
+                "seq": pa.array(np.arange(seq, seq + n, dtype=np.int64)),
+                "request_id": pa.array(np.repeat(np.array([r[0] for r in recs], dtype=object), rows), pa.string()),
+                "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in rows]) if n else np.empty(0, np.int32)),
+                "ts": pa.array((np.repeat([r[1] for r in recs], rows) * 1e6).astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+                "deployment": pa.array(np.repeat(np.array([r[2][0] for r in recs], dtype=object), rows), pa.string()),
+                "model": pa.array([model] * n, pa.string()),
+                "version": pa.array(np.full(n, version, dtype=np.int32)),
+                "slot": pa.array(np.repeat(np.array([r[2][3] for r in recs], dtype=object), rows), pa.string()),
+                "latency_us": pa.array(np.repeat(np.array([r[6] for r in recs]) * 1e6, rows).astype(np.float32)),
+                "x": fixed_list(x), "y": fixed_list(y),
+            }))
+            seq += n
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+
+    def _maybe_retain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_retention < RETENTION_EVERY_S and not self._stop:
+            return
+        self._last_retention = now
+        cutoff = datetime.now(UTC) - timedelta(days=self.cfg.retention_days) if self.cfg.retention_days else None
+        try:
+            deleted = self.events.apply_retention(cutoff, self.cfg.retention_rows)
+        except Exception:
+            log.exception("prediction_log_retention_failed")
+            return
+        if deleted:
+            log.info("prediction_log_retention", deleted=deleted)
+
+
+def _rows(rec: tuple, layout: Layout) -> int:
+    inputs = rec[4]
+    for t in layout.inputs:
+        a = inputs.get(t.name)
+        if a is not None:
+            return a.shape[0] if a.ndim else 1
+    first = next(iter(inputs.values()))
+    return first.shape[0] if first.ndim else 1
+
+
+def _flatten(dicts: list[dict[str, np.ndarray]], tensors: list) -> np.ndarray:
+    """Rows of every request, each tensor reshaped to (rows, width), side by side as float64."""
+    if not tensors:
+        total = sum((next(iter(d.values())).shape[0] if d and next(iter(d.values())).ndim else 1) for d in dicts)
+        return np.empty((total, 0))
+    cols = []
+    for t in tensors:
+        arrays = [np.asarray(d[t.name]).reshape(-1, t.width) if t.name in d else None for d in dicts]
+        if any(a is None for a in arrays):  # a requested-outputs subset left this one out: NaN for those rows
+            n_rows = [len(a) if a is not None else _len_of(d) for a, d in zip(arrays, dicts)]
+            arrays = [a if a is not None else np.full((n, t.width), np.nan) for a, n in zip(arrays, n_rows)]
+        cols.append(np.concatenate(arrays).astype(np.float64, copy=False))
+    return cols[0] if len(cols) == 1 else np.hstack(cols)
+
+
+def _len_of(d: dict[str, np.ndarray]) -> int:
+    for a in d.values():
+        return a.shape[0] if a.ndim else 1
+    return 1

@@ -1,0 +1,322 @@
+"""DuckDB: the prediction log, feedback, reference profiles and monitoring results.
+
+One file, `<data_dir>/events.duckdb`. `EventStore` owns one connection; every unit of work
+takes its own cursor (`cursor()`), which DuckDB makes safe across threads. Appends arrive as Arrow tables built by
+the flusher, so a batch of N requests is one INSERT.
+
+Tables:
+  predictions   one row per request row: seq (monotonic), request_id, row (index inside the
+                request), ts, deployment, model, version, slot, latency_us, x (the numeric
+                input features of that row, flattened in layout order), y (the outputs, likewise)
+  feedback      ground truth by (request_id, row); a later label for the same key replaces
+                the earlier one (received_at tells when)
+  references    a version's reference profile (msgpack) and where it came from
+  drift_windows / drift_features   one row per window, one per feature and window
+  performance   one row per version and evaluation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    seq BIGINT NOT NULL, request_id VARCHAR NOT NULL, "row" INTEGER NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    deployment VARCHAR NOT NULL, model VARCHAR NOT NULL, version INTEGER NOT NULL, slot VARCHAR NOT NULL,
+    latency_us REAL NOT NULL, x DOUBLE[] NOT NULL, y DOUBLE[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id VARCHAR NOT NULL, "row" INTEGER NOT NULL, label DOUBLE NOT NULL, received_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (request_id, "row")
+);
+CREATE TABLE IF NOT EXISTS "references" (
+    model VARCHAR NOT NULL, version INTEGER NOT NULL, source VARCHAR NOT NULL, rows BIGINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL, actor VARCHAR NOT NULL, profile BLOB NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS drift_windows (
+    deployment VARCHAR NOT NULL, model VARCHAR NOT NULL, version INTEGER NOT NULL, window_id BIGINT NOT NULL,
+    start_ts TIMESTAMPTZ NOT NULL, end_ts TIMESTAMPTZ NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+    n_rows BIGINT NOT NULL, n_features INTEGER NOT NULL, n_evaluated INTEGER NOT NULL, n_drifted INTEGER NOT NULL,
+    share DOUBLE NOT NULL, drifted BOOLEAN NOT NULL, computed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (deployment, version, window_id)
+);
+CREATE TABLE IF NOT EXISTS drift_features (
+    deployment VARCHAR NOT NULL, version INTEGER NOT NULL, window_id BIGINT NOT NULL, feature VARCHAR NOT NULL,
+    role VARCHAR NOT NULL, kind VARCHAR NOT NULL, n BIGINT NOT NULL, has_data BOOLEAN NOT NULL,
+    psi DOUBLE, ks DOUBLE, ks_pvalue DOUBLE, wasserstein DOUBLE, wasserstein_norm DOUBLE, js DOUBLE,
+    chi2 DOUBLE, chi2_pvalue DOUBLE, pvalue_adjusted DOUBLE, missing_rate DOUBLE, ref_missing_rate DOUBLE,
+    drifted BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS performance (
+    deployment VARCHAR NOT NULL, model VARCHAR NOT NULL, version INTEGER NOT NULL, computed_at TIMESTAMPTZ NOT NULL,
+    task VARCHAR NOT NULL, n_labels BIGINT NOT NULL, metrics JSON NOT NULL,
+    baseline_metric VARCHAR, baseline DOUBLE, current DOUBLE, drop DOUBLE
+);
+CREATE INDEX IF NOT EXISTS predictions_dep_seq ON predictions(deployment, version, seq);
+CREATE INDEX IF NOT EXISTS predictions_req ON predictions(request_id);
+"""
+
+
+def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A (rows, width) float64 matrix as an Arrow list column without copying."""
+    rows, width = matrix.shape
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix, dtype=np.float64).ravel()), width)
+
+
+def list_matrix(table: pa.Table, column: str) -> np.ndarray:
+    """An Arrow list column of equal-length lists back as a (rows, width) float64 matrix."""
+    col = table.column(column).combine_chunks()
+    if len(col) == 0:
+        return np.empty((0, 0))
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return flat.reshape(len(col), -1)
+
+
+class EventStore:
+    """The DuckDB file and the SQL around it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.con = duckdb.connect(str(path))
+        self.con.execute(SCHEMA)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A fresh cursor for one unit of work: thread-safe, and no half-read result leaks into the next query."""
+        return self.con.cursor()
+
+    def close(self) -> None:
+        try:
+            self.con.execute("CHECKPOINT")
+        finally:
+            self.con.close()
+
+    # -- prediction log -------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        (value,) = self.cursor().execute("SELECT coalesce(max(seq), 0) + 1 FROM predictions").fetchone()
+        return int(value)
+
+    def append_predictions(self, table: pa.Table) -> None:
+        cur = self.cursor()
+        cur.register("batch_in", table)
+        try:
+            cur.execute(
+                "INSERT INTO predictions SELECT seq, request_id, \"row\", ts, deployment, model, version, slot, latency_us, x, y FROM batch_in"
+            )
+        finally:
+            cur.unregister("batch_in")
+
+    def apply_retention(self, older_than: datetime | None, keep_rows: int) -> int:
+        """Delete predictions older than `older_than` and beyond the newest `keep_rows` (0: no limit), and their feedback."""
+        cur = self.cursor()
+        deleted = 0
+        if older_than is not None:
+            deleted += cur.execute("DELETE FROM predictions WHERE ts < ?", [older_than]).fetchone()[0]
+        if keep_rows:
+            deleted += cur.execute(
+                "DELETE FROM predictions WHERE seq <= (SELECT max(seq) FROM predictions) - ?", [keep_rows]
+            ).fetchone()[0]
+        if deleted:
+            cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
+        return int(deleted)
+
+    def export_parquet(self, dest: Path, deployment: str, start: datetime | None, end: datetime | None) -> int:
+        """Write the deployment's logged predictions in [start, end) (with any feedback) to a Parquet file; returns rows."""
+        where, params = _range("p.ts", deployment, start, end)
+        query = (
+            "SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, p.x, p.y, "
+            "f.label, f.received_at AS label_received_at FROM predictions p "
+            f"LEFT JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE {where} ORDER BY p.seq"
+        )
+        cur = self.cursor()
+        (count,) = cur.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
+        literal = str(dest).replace("'", "''")
+        cur.execute(f"COPY ({query}) TO '{literal}' (FORMAT parquet)", params)
+        return int(count)
+
+    def window_rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        return self.cursor().sql(
+            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
+            params=[deployment, version, after_seq, limit],
+        ).to_arrow_table()
+
+    def window_by_time(self, deployment: str, version: int, start: datetime, end: datetime) -> pa.Table:
+        return self.cursor().sql(
+            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND ts >= ? AND ts < ? ORDER BY seq",
+            params=[deployment, version, start, end],
+        ).to_arrow_table()
+
+    def first_rows(self, model: str, version: int, limit: int) -> pa.Table:
+        return self.cursor().sql(
+            "SELECT seq, x, y FROM predictions WHERE model = ? AND version = ? ORDER BY seq LIMIT ?", params=[model, version, limit]
+        ).to_arrow_table()
+
+    def first_ts(self, deployment: str, version: int) -> datetime | None:
+        return self.cursor().execute(
+            "SELECT min(ts) FROM predictions WHERE deployment = ? AND version = ?", [deployment, version]
+        ).fetchone()[0]
+
+    def versions_logged(self, deployment: str) -> list[tuple[str, int]]:
+        return [
+            (r[0], int(r[1]))
+            for r in self.cursor().execute(
+                "SELECT DISTINCT model, version FROM predictions WHERE deployment = ? ORDER BY version", [deployment]
+            ).fetchall()
+        ]
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def known_rows(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        if not keys:
+            return set()
+        cur = self.cursor()
+        cur.register("keys_in", pa.table({"request_id": [k[0] for k in keys], "row": [k[1] for k in keys]}))
+        try:
+            found = cur.execute(
+                "SELECT DISTINCT k.request_id, k.\"row\" FROM keys_in k JOIN predictions p "
+                "ON p.request_id = k.request_id AND p.\"row\" = k.\"row\""
+            ).fetchall()
+        finally:
+            cur.unregister("keys_in")
+        return {(r[0], int(r[1])) for r in found}
+
+    def upsert_feedback(self, keys: Sequence[tuple[str, int]], labels: Sequence[float], received_at: datetime) -> int:
+        """Store labels; a key already labelled is replaced (the newest label wins). Returns how many replaced an earlier label."""
+        if not keys:
+            return 0
+        cur = self.cursor()
+        incoming = pa.table({
+            "request_id": [k[0] for k in keys], "row": pa.array([k[1] for k in keys], pa.int32()),
+            "label": pa.array(labels, pa.float64()), "received_at": pa.array([received_at] * len(keys), pa.timestamp("us", tz="UTC")),
+        })
+        cur.register("fb_in", incoming)
+        try:
+            cur.execute("BEGIN")
+            (replaced,) = cur.execute(
+                "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
+            ).fetchone()
+            cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.unregister("fb_in")
+        return int(replaced)
+
+    def labelled(self, deployment: str, version: int, limit: int) -> pa.Table:
+        """The most recent `limit` labelled rows of a version: seq, y (outputs) and label, oldest first."""
+        return self.cursor().sql(
+            "SELECT * FROM (SELECT p.seq, p.y, f.label FROM predictions p JOIN feedback f "
+            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.version = ? "
+            "ORDER BY p.seq DESC LIMIT ?) ORDER BY seq",
+            params=[deployment, version, limit],
+        ).to_arrow_table()
+
+    def labelled_since(self, deployment: str, version: int, after_received: datetime | None) -> pa.Table:
+        """Labelled rows whose label arrived after `after_received`, in arrival order (the error stream)."""
+        return self.cursor().sql(
+            "SELECT p.seq, p.y, f.label, f.received_at FROM predictions p JOIN feedback f "
+            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.version = ? "
+            "AND f.received_at > coalesce(?, TIMESTAMPTZ '1970-01-01') ORDER BY f.received_at, p.seq",
+            params=[deployment, version, after_received],
+        ).to_arrow_table()
+
+    # -- reference profiles ---------------------------------------------------------------
+
+    def save_reference(self, model: str, version: int, source: str, rows: int, actor: str, profile: bytes, at: datetime) -> None:
+        self.cursor().execute(
+            "INSERT INTO \"references\" VALUES (?, ?, ?, ?, ?, ?, ?)", [model, version, source, rows, at, actor, profile]
+        )
+
+    def reference(self, model: str, version: int) -> dict[str, Any] | None:
+        row = self.cursor().execute(
+            "SELECT source, rows, created_at, actor, profile FROM \"references\" WHERE model = ? AND version = ?", [model, version]
+        ).fetchone()
+        if row is None:
+            return None
+        return {"source": row[0], "rows": row[1], "created_at": row[2], "actor": row[3], "profile": row[4]}
+
+    # -- drift and performance results ----------------------------------------------------
+
+    def last_window(self, deployment: str, version: int) -> tuple[int, int, datetime | None]:
+        """(last window id, its last seq, its end) for a version, or (0, 0, None) before the first."""
+        row = self.cursor().execute(
+            "SELECT window_id, last_seq, end_ts FROM drift_windows WHERE deployment = ? AND version = ? ORDER BY window_id DESC LIMIT 1",
+            [deployment, version],
+        ).fetchone()
+        return (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
+
+    def save_window(self, window: dict[str, Any], features: pa.Table) -> None:
+        cur = self.cursor()
+        cur.register("feat_in", features)
+        try:
+            cur.execute("BEGIN")
+            cur.execute(
+                "INSERT INTO drift_windows VALUES ($deployment, $model, $version, $window_id, $start_ts, $end_ts, $first_seq, "
+                "$last_seq, $n_rows, $n_features, $n_evaluated, $n_drifted, $share, $drifted, $computed_at)",
+                window,
+            )
+            cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.unregister("feat_in")
+
+    def windows(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
+        where, params = _range("end_ts", deployment, start, end)
+        cur = self.cursor()
+        cur.execute(f"SELECT * FROM drift_windows WHERE {where} ORDER BY end_ts DESC, version LIMIT ?", [*params, limit])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def window_features(self, deployment: str, keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        if not keys:
+            return []
+        cur = self.cursor()
+        cur.register("wk", pa.table({"version": [k[0] for k in keys], "window_id": [k[1] for k in keys]}))
+        try:
+            cur.execute(
+                "SELECT f.* FROM drift_features f JOIN wk ON f.version = wk.version AND f.window_id = wk.window_id "
+                "WHERE f.deployment = ? ORDER BY f.version, f.window_id, f.role, f.feature",
+                [deployment],
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+        finally:
+            cur.unregister("wk")
+
+    def save_performance(self, row: dict[str, Any]) -> None:
+        self.cursor().execute(
+            "INSERT INTO performance VALUES ($deployment, $model, $version, $computed_at, $task, $n_labels, $metrics, "
+            "$baseline_metric, $baseline, $current, $drop)",
+            row,
+        )
+
+    def performance(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
+        where, params = _range("computed_at", deployment, start, end)
+        cur = self.cursor()
+        cur.execute(f"SELECT * FROM performance WHERE {where} ORDER BY computed_at DESC LIMIT ?", [*params, limit])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def _range(column: str, deployment: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
+    clauses, params = ["deployment = ?"], [deployment]
+    if start is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(start)
+    if end is not None:
+        clauses.append(f"{column} < ?")
+        params.append(end)
+    return " AND ".join(clauses), params

@@ -1,0 +1,349 @@
+"""Monitoring end to end on the real appliance: prediction log, feedback, drift windows, performance, alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from litestar.testing import TestClient
+
+from shepherd import config as config_mod
+from shepherd.app import create_app
+from shepherd.appliance import Appliance
+from shepherd.auth import create_token
+from shepherd.serving import inference
+from shepherd.store import audit
+
+IRIS_LOW = np.array([5.1, 3.5, 1.4, 0.2], dtype=np.float32)
+
+
+def _build_iris(out: Path) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_model", Path(__file__).parents[2] / "packaging" / "demo_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.build(out)
+
+
+@pytest.fixture(scope="session")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo iris bundle (built once per worker) and its public key beside it in keys/."""
+    return _build_iris(tmp_path_factory.mktemp("iris"))
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "iris.toml").write_text("[drift]\nwindow_rows = 200\n[performance]\nmin_labels = 20\nwindow_labels = 200\n")
+    return d
+
+
+@pytest.fixture
+def mon_config(tmp_path: Path, keys, iris: Path, policies: Path) -> config_mod.Config:
+    shutil.copy(iris.parent / "keys" / "demo.pub", keys.trusted_dir / "demo.pub")
+    return config_mod.parse({
+        "storage": {"data_dir": str(tmp_path / "data")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)},
+        "auth": {"token_cache_seconds": 0},
+        "monitoring": {"interval_s": 3600, "flush_interval_s": 0.05, "policies_dir": str(policies)},
+    })
+
+
+@pytest.fixture
+def appl(mon_config: config_mod.Config, iris: Path):
+    a = Appliance(mon_config)
+    a.start()
+    a.importer.import_file(iris, actor="t")
+
+    async def deploy():
+        await a.deployments.deploy("iris", "iris", 1, actor="t")
+        await a.deployments.promote("iris", actor="t")
+
+    asyncio.run(deploy())
+    yield a
+    a.close()
+
+
+def _body(rows: np.ndarray, request_id: str | None = None) -> bytes:
+    import json
+
+    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    if request_id:
+        body["id"] = request_id
+    return json.dumps(body).encode()
+
+
+def serve(a: Appliance, rows_list: list[np.ndarray], ids: list[str | None] | None = None) -> list[dict]:
+    import json
+
+    async def go():
+        out = []
+        for i, rows in enumerate(rows_list):
+            rid = ids[i] if ids else None
+            r = await inference.infer_for(a, "iris", None, _body(rows, rid), None)
+            out.append(json.loads(r.body))
+        return out
+
+    return asyncio.run(go())
+
+
+def reference_like(n: int, seed: int = 0) -> np.ndarray:
+    """Rows drawn from the reference sample itself (no drift)."""
+    ref = duckdb.sql(f"SELECT * FROM read_parquet('{_ref_path()}')").fetchnumpy()
+    x = np.column_stack([ref[c] for c in ref]).astype(np.float32)
+    return x[np.random.default_rng(seed).integers(0, len(x), n)]
+
+
+_REF: list[Path] = []
+
+
+def _ref_path() -> Path:
+    return _REF[0]
+
+
+@pytest.fixture(autouse=True)
+def _remember_ref(iris: Path):
+    _REF[:] = [iris.parent / "reference.parquet"]
+
+
+def test_every_request_is_logged_with_ids_inputs_outputs_and_slot(appl: Appliance):
+    """Each answered request lands in DuckDB after a flush: id (given or generated and echoed), x, y, version, slot."""
+    rows = reference_like(5)
+    answers = serve(appl, [rows[i:i + 1] for i in range(5)], ids=["a", None, "c", None, "e"])
+    assert answers[0]["id"] == "a" and answers[1]["id"] and answers[1]["id"] != "a"
+    assert appl.predlog.flush()
+    got = appl.events.cursor().execute(
+        "SELECT request_id, deployment, model, version, slot, x, y FROM predictions ORDER BY seq"
+    ).fetchall()
+    assert [g[0] for g in got] == [a["id"] for a in answers]
+    for g, row, ans in zip(got, rows, answers):
+        assert g[1:5] == ("iris", "iris", 1, "primary")
+        np.testing.assert_allclose(g[5], row.astype(np.float64), rtol=1e-6)
+        label = ans["outputs"][0]["data"][0]
+        probs = ans["outputs"][1]["data"]
+        np.testing.assert_allclose(g[6], [label, *probs], rtol=1e-6)
+
+
+def test_sigterm_path_flushes_everything_and_a_reopen_sees_it(mon_config: config_mod.Config, iris: Path):
+    """close() (the shutdown path) writes every buffered record before the stores close."""
+    cfg = config_mod.parse({**_raw(mon_config), "monitoring": {**_raw(mon_config)["monitoring"], "flush_interval_s": 3600}})
+    a = Appliance(cfg)
+    a.start()
+    a.importer.import_file(iris, actor="t")
+    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
+    asyncio.run(a.deployments.promote("iris", actor="t"))
+    serve(a, [reference_like(1, seed=i) for i in range(37)])
+    a.close()
+    with duckdb.connect(str(cfg.data_dir / "events.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == 37
+
+
+def _raw(cfg: config_mod.Config) -> dict:
+    import msgspec
+
+    return msgspec.to_builtins(cfg)
+
+
+def test_sampling_keeps_about_the_configured_share(mon_config: config_mod.Config, iris: Path):
+    """sample_rate = 0.25 keeps roughly a quarter of requests; 0 keeps none."""
+    raw = _raw(mon_config)
+    raw["monitoring"]["sample_rate"] = 0.25
+    a = Appliance(config_mod.parse(raw))
+    a.start()
+    a.importer.import_file(iris, actor="t")
+    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
+    asyncio.run(a.deployments.promote("iris", actor="t"))
+    serve(a, [reference_like(1, seed=i) for i in range(800)])
+    a.predlog.flush()
+    n = a.events.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0]
+    a.close()
+    assert 120 <= n <= 280, n
+
+
+def test_drift_window_flags_a_shift_and_raises_one_warning(appl: Appliance):
+    """A window like the reference is clean; a shifted one drifts, is stored per feature, sets gauges and raises one Warning."""
+    serve(appl, [reference_like(200, seed=1)])
+    appl.predlog.flush()
+    appl.monitor.tick()
+    hist = appl.monitor.drift_history("iris", None, None, 10)
+    assert len(hist) == 1 and hist[0]["n_rows"] == 200 and not hist[0]["drifted"]
+    names = {f["feature"] for f in hist[0]["features"]}
+    assert {"sepal_length", "sepal_width", "petal_length", "petal_width"} <= names, "reference column names are used"
+    assert any(f["role"] == "output" for f in hist[0]["features"]), "prediction drift is computed"
+
+    shifted = reference_like(400, seed=2) + np.float32(3.0)
+    serve(appl, [shifted[:200], shifted[200:]])
+    appl.predlog.flush()
+    appl.monitor.tick()
+    hist = appl.monitor.drift_history("iris", None, None, 10)
+    assert [w["window_id"] for w in hist] == [3, 2, 1]
+    assert hist[0]["drifted"] and hist[1]["drifted"]
+    f = {x["feature"]: x for x in hist[0]["features"]}
+    assert f["petal_length"]["psi"] > 0.2 and f["petal_length"]["pvalue_adjusted"] < 0.05
+    alerts = appl.alerts.list(deployment="iris")
+    drift_alerts = [x for x in alerts if x.kind == "data_drift"]
+    assert len(drift_alerts) == 1 and drift_alerts[0].level == "warning", "two drifted windows are one incident"
+    text = _metrics(appl)
+    assert 'shepherd_drift_detected{deployment="iris",model="iris",version="1"} 1.0' in text
+    assert 'shepherd_drift_feature_psi{deployment="iris",feature="petal_length",model="iris",version="1"}' in text
+
+
+def _metrics(a: Appliance) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(a.metrics.registry).decode()
+
+
+def test_feedback_joins_late_labels_reports_unknown_and_newest_wins(appl: Appliance):
+    """Labels match by request id; unknown ids come back; a second label for a request replaces the first."""
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(3)])
+    from shepherd.monitoring import feedback as fb
+
+    items = [fb.Label(answers[2]["id"], 1.0), fb.Label(answers[0]["id"], 0.0), fb.Label("nope", 1.0), fb.Label(answers[0]["id"], 2.0)]
+    res = fb.ingest(appl.events, appl.predlog, items)
+    assert res.accepted == 2 and res.replaced == 0 and [u.request_id for u in res.unknown] == ["nope"]
+    res = fb.ingest(appl.events, appl.predlog, [fb.Label(answers[2]["id"], 2.0)])
+    assert res.replaced == 1
+    got = dict(appl.events.cursor().execute("SELECT request_id, label FROM feedback").fetchall())
+    assert got == {answers[0]["id"]: 2.0, answers[2]["id"]: 2.0}
+
+
+def test_performance_drop_raises_critical_then_emergency(appl: Appliance):
+    """Correct labels give accuracy 1; labels that contradict 30% of predictions drop it >15% below baseline: Emergency."""
+    from shepherd.monitoring import feedback as fb
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(100)])
+    preds = [a["outputs"][0]["data"][0] for a in answers]
+    fb.ingest(appl.events, appl.predlog, [fb.Label(a["id"], float(p)) for a, p in zip(answers, preds)])
+    appl.monitor.tick()
+    perf = appl.monitor.evaluate_performance("iris", "iris", 1, appl.monitor.policy("iris"))
+    assert perf["metrics"]["accuracy"] == 1.0 and perf["drop"] <= 0
+    assert not [x for x in appl.alerts.list(deployment="iris") if x.kind == "performance_drop"]
+    wrong = [fb.Label(a["id"], float((p + 1) % 3)) for a, p in list(zip(answers, preds))[:30]]
+    fb.ingest(appl.events, appl.predlog, wrong)
+    appl.monitor.tick()
+    perf = appl.monitor.evaluate_performance("iris", "iris", 1, appl.monitor.policy("iris"))
+    assert perf["metrics"]["accuracy"] == pytest.approx(0.7)
+    levels = [x.level for x in appl.alerts.list(deployment="iris") if x.kind == "performance_drop"]
+    assert levels == ["emergency"]
+    assert 'shepherd_model_performance{deployment="iris",metric="accuracy",model="iris",version="1"} 0.7' in _metrics(appl)
+
+
+def test_invalid_policy_file_keeps_the_last_good_policy(appl: Appliance, policies: Path):
+    """An edited policy that fails validation is refused and the previous one stays in force."""
+    assert appl.monitor.policy("iris").drift.window_rows == 200
+    import os
+    import time
+
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = -5\n")
+    os.utime(policies / "iris.toml", (time.time() + 5, time.time() + 5))
+    assert appl.monitor.policy("iris").drift.window_rows == 200
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 50\n")
+    os.utime(policies / "iris.toml", (time.time() + 10, time.time() + 10))
+    assert appl.monitor.policy("iris").drift.window_rows == 50
+
+
+def test_retention_by_rows_keeps_the_newest(mon_config: config_mod.Config, iris: Path):
+    """retention_rows keeps only the newest rows (and drops feedback for deleted ones)."""
+    raw = _raw(mon_config)
+    raw["monitoring"]["retention_rows"] = 10
+    a = Appliance(config_mod.parse(raw))
+    a.start()
+    a.importer.import_file(iris, actor="t")
+    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
+    asyncio.run(a.deployments.promote("iris", actor="t"))
+    answers = serve(a, [reference_like(1, seed=i) for i in range(25)])
+    a.predlog.flush()
+    deleted = a.events.apply_retention(None, 10)
+    ids = [r[0] for r in a.events.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    a.close()
+    assert deleted == 15 and ids == [x["id"] for x in answers[-10:]]
+
+
+# -- over HTTP ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(mon_config: config_mod.Config, appl: Appliance):
+    toks = {r: create_token(appl.db, role=r, name=f"t-{r}", actor="t")[0] for r in ("viewer", "operator")}
+    with TestClient(create_app(mon_config, appliance=appl)) as c:
+        c.toks = toks  # type: ignore[attr-defined]
+        yield c
+
+
+def _h(client, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client.toks[role]}"}
+
+
+def test_http_feedback_drift_performance_export(client, appl: Appliance, tmp_path: Path):
+    """The monitoring routes work through the real app: feedback, drift history, performance and Parquet export."""
+    ids = []
+    for i in range(200):
+        r = client.post("/v2/models/iris/infer", content=_body(reference_like(1, seed=i) + 3), headers=_h(client, "viewer"))
+        assert r.status_code == 200
+        ids.append(r.json()["id"])
+    r = client.post("/api/v1/feedback", json={"labels": [{"request_id": i, "label": 2} for i in ids] + [{"request_id": "x", "label": 1}]},
+                    headers=_h(client, "operator"))
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 200 and r.json()["unknown"] == [{"request_id": "x", "label": 1.0, "row": 0}]
+    assert client.post("/api/v1/feedback", json={"request_id": ids[0], "label": 2}, headers=_h(client, "viewer")).status_code == 403
+    appl.monitor.tick()
+    r = client.get("/api/v1/deployments/iris/drift", headers=_h(client, "viewer"))
+    assert r.status_code == 200 and r.json()[0]["drifted"] is True
+    assert client.get("/api/v1/deployments/iris/drift?from=yesterday", headers=_h(client, "viewer")).json()["field"] == "from"
+    assert client.get("/api/v1/deployments/nope/drift", headers=_h(client, "viewer")).status_code == 404
+    r = client.get("/api/v1/deployments/iris/performance", headers=_h(client, "viewer"))
+    assert r.status_code == 200 and r.json()["current"][0]["n_labels"] == 200
+    r = client.get("/api/v1/deployments/iris/predictions", headers=_h(client, "operator"))
+    assert r.status_code == 200 and r.headers["x-rows"] == "200"
+    (tmp_path / "p.parquet").write_bytes(r.content)
+    rows = duckdb.sql(f"SELECT count(*), count(label) FROM read_parquet('{tmp_path / 'p.parquet'}')").fetchall()[0]
+    assert rows == (200, 200)
+    r = client.get("/api/v1/deployments/iris/reference", headers=_h(client, "viewer"))
+    assert r.status_code == 200 and r.json()["source"] == "bundle" and r.json()["rows"] == 105
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"request_id": "a"}, "label"),
+        ({"label": 1}, "request_id"),
+        ({"labels": []}, "labels"),
+        ({"labels": [{"request_id": "", "label": 1}]}, "labels[0].request_id"),
+        ({"labels": [{"request_id": "a", "label": 1, "row": -1}]}, "labels[0].row"),
+        ({"request_id": "a", "label": 1, "labels": [{"request_id": "a", "label": 1}]}, "labels"),
+    ],
+)
+def test_bad_feedback_names_the_field(client, body, field):
+    """Malformed feedback gets a 400 that names the bad field."""
+    r = client.post("/api/v1/feedback", json=body, headers=_h(client, "operator"))
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
+
+
+def test_adopt_reference_for_a_version_without_one(client, appl: Appliance, make_bundle):
+    """A version shipped without reference.parquet adopts its first N logged rows, once, audited."""
+    appl.importer.import_file(make_bundle(), actor="t")
+
+    async def deploy():
+        await appl.deployments.deploy("tiny", "tiny", 1, actor="t")
+        await appl.deployments.promote("tiny", actor="t")
+
+    asyncio.run(deploy())
+    assert client.get("/api/v1/deployments/tiny/reference", headers=_h(client, "viewer")).status_code == 404
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0.1, 0.2, 0.3]}]}
+    for _ in range(30):
+        assert client.post("/v2/models/tiny/infer", json=body, headers=_h(client, "viewer")).status_code == 200
+    r = client.post("/api/v1/deployments/tiny/reference", json={"rows": 50}, headers=_h(client, "operator"))
+    assert r.status_code == 409 and "only 30" in r.json()["error"]
+    r = client.post("/api/v1/deployments/tiny/reference", json={"rows": 20}, headers=_h(client, "operator"))
+    assert r.status_code == 201, r.text
+    assert r.json()["source"] == "adopted" and r.json()["features"] == ["x[0]", "x[1]", "x[2]"]
+    assert r.json()["outputs"] == ["y[0]", "y[1]", "y[2]"]
+    assert client.post("/api/v1/deployments/tiny/reference", json={"rows": 20}, headers=_h(client, "operator")).status_code == 409
+    entries = appl.db.read(lambda c: audit.query(c, action="reference.adopt"))
+    assert [e.target for e in entries] == ["tiny:1"]
