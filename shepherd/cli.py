@@ -1,4 +1,5 @@
-"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit, alerts."""
+"""The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit, alerts,
+drift, performance, feedback, reference, predictions."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gc
 import getpass
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -140,11 +142,19 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
         # garbage collections (tens of ms each) out of the request path's tail latency.
         gc.collect()
         gc.freeze()
+        # uvicorn drains on SIGTERM, then restores the previous handler and re-raises the signal.
+        # With the default handler that would kill the process before `finally` flushes the
+        # prediction log and closes the stores; this one turns it into a clean exit 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         server.run()
         if not server.started:
             sys.exit(3)
     finally:
         appliance.close()
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @main.command("check-config")
@@ -545,6 +555,145 @@ def alerts_ack(client: Any, as_json: bool, alert_id: int) -> None:
     """Acknowledge alert ID (operator token); the next occurrence of its incident raises a new alert."""
     a = client.request("POST", f"/api/v1/alerts/{alert_id}/ack")
     _print_json(a) if as_json else click.echo(f"alert {a['id']} ({a['level']}, {a['deployment']}/{a['kind']}) acknowledged by {a['acknowledged_by']}")
+
+
+
+# ------------------------------------------------------------------------------------ monitoring
+def _time_params(start: str | None, end: str | None, **extra: Any) -> dict[str, Any]:
+    params = {k: v for k, v in extra.items() if v is not None}
+    if start:
+        params["from"] = start
+    if end:
+        params["to"] = end
+    return params
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+@remote_command(main, "drift")
+@click.argument("deployment")
+@click.option("--from", "start", help="ISO 8601 start (windows that ended at or after it).")
+@click.option("--to", "end", help="ISO 8601 end (exclusive).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Most windows, newest first.")
+@click.option("--features/--no-features", default=True, show_default=True, help="Per-feature results of the newest window.")
+def drift(client: Any, as_json: bool, deployment: str, start: str | None, end: str | None, limit: int, features: bool) -> None:
+    """Drift windows of DEPLOYMENT, newest first, and the per-feature results of the newest (viewer token)."""
+    windows = client.request("GET", f"/api/v1/deployments/{deployment}/drift", params=_time_params(start, end, limit=limit))
+    if as_json:
+        return _print_json(windows)
+    rows = [
+        {**w, "share": f"{w['share']:.0%}", "drifted": "DRIFT" if w["drifted"] else "ok", "features": f"{w['n_drifted']}/{w['n_evaluated']}"}
+        for w in windows
+    ]
+    _print_table(rows, ["version", "window_id", "start_ts", "end_ts", "n_rows", "features", "share", "drifted"])
+    if features and windows:
+        click.echo(f"\nwindow {windows[0]['window_id']} of version {windows[0]['version']}:")
+        feats = [
+            {**f, **{k: _fmt(f[k]) for k in ("psi", "ks", "pvalue_adjusted", "wasserstein_norm", "js", "chi2", "missing_rate")},
+             "drifted": "DRIFT" if f["drifted"] else ("no data" if not f["has_data"] else "ok")}
+            for f in windows[0]["features"]
+        ]
+        _print_table(feats, ["role", "feature", "kind", "n", "psi", "ks", "pvalue_adjusted", "wasserstein_norm", "js", "chi2", "missing_rate", "drifted"])
+
+
+@remote_command(main, "performance")
+@click.argument("deployment")
+@click.option("--from", "start", help="ISO 8601 start of the history.")
+@click.option("--to", "end", help="ISO 8601 end of the history (exclusive).")
+def performance_cmd(client: Any, as_json: bool, deployment: str, start: str | None, end: str | None) -> None:
+    """Model performance of DEPLOYMENT from ground truth, per version, against its bundle baseline (viewer token)."""
+    found = client.request("GET", f"/api/v1/deployments/{deployment}/performance", params=_time_params(start, end))
+    if as_json:
+        return _print_json(found)
+    rows = []
+    for r in found["current"]:
+        rows.append({
+            "version": r["version"], "task": r["task"], "labels": r["n_labels"],
+            **{k: _fmt(v) for k, v in r["metrics"].items()},
+            "baseline": f"{r['baseline_metric']}={_fmt(r['baseline'])}",
+            "drop": "" if r["drop"] is None else f"{r['drop']:.1%}",
+        })
+    metrics = sorted({k for r in found["current"] for k in r["metrics"]})
+    _print_table(rows, ["version", "task", "labels", *metrics, "baseline", "drop"])
+
+
+@remote_command(main, "feedback")
+@click.argument("source", required=False, type=click.File("r"))
+@click.option("--id", "request_id", help="Request id (the `id` of the infer response) for a single label.")
+@click.option("--label", type=float, help="The true class index or value for --id.")
+@click.option("--row", type=click.IntRange(0), default=0, help="Row inside a multi-row request.")
+def feedback_cmd(client: Any, as_json: bool, source: Any, request_id: str | None, label: float | None, row: int) -> None:
+    """Send ground truth: one label (--id, --label) or a batch from SOURCE ('-' for stdin): a JSON array or JSON lines
+    of {"request_id", "label", "row"} (operator token)."""
+    if source is not None:
+        if request_id is not None or label is not None:
+            raise ShepherdError("give either SOURCE or --id/--label, not both")
+        text = source.read()
+        try:
+            items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise ShepherdError(f"{source.name}: not JSON or JSON lines ({err})") from None
+        body: dict[str, Any] = {"labels": items}
+    elif request_id is not None and label is not None:
+        body = {"request_id": request_id, "label": label, "row": row}
+    else:
+        raise ShepherdError("give SOURCE, or both --id and --label")
+    res = client.request("POST", "/api/v1/feedback", json=body)
+    if as_json:
+        return _print_json(res)
+    click.echo(f"accepted {res['accepted']} label(s) ({res['replaced']} replaced an earlier label); unknown: {len(res['unknown'])}")
+    for u in res["unknown"][:20]:
+        click.echo(f"  unknown request {u['request_id']} row {u['row']}", err=True)
+    if res["unknown"]:
+        sys.exit(3)
+
+
+@main.group("reference")
+def reference_group() -> None:
+    """Reference profiles that drift is measured against."""
+
+
+@remote_command(reference_group, "show")
+@click.argument("deployment")
+@click.option("--version", type=click.IntRange(1), help="Version (default: the deployment's primary).")
+def reference_show(client: Any, as_json: bool, deployment: str, version: int | None) -> None:
+    """Where a version's reference came from, its size and features (viewer token)."""
+    info = client.request("GET", f"/api/v1/deployments/{deployment}/reference", params={"version": version} if version else {})
+    if as_json:
+        return _print_json(info)
+    click.echo(f"{info['model']} version {info['version']}: {info['source']} reference of {info['rows']} rows, by {info['actor']} at {info['created_at']}")
+    click.echo(f"features: {', '.join(info['features'])}")
+    click.echo(f"outputs:  {', '.join(info['outputs']) or '(none)'}")
+
+
+@remote_command(reference_group, "adopt")
+@click.argument("deployment")
+@click.option("--rows", type=click.IntRange(2), required=True, help="How many of the version's first logged rows to adopt.")
+@click.option("--version", type=click.IntRange(1), help="Version (default: the deployment's primary).")
+def reference_adopt(client: Any, as_json: bool, deployment: str, rows: int, version: int | None) -> None:
+    """Adopt a version's first logged rows as its reference, for a version shipped without one (operator token; audited)."""
+    body: dict[str, Any] = {"rows": rows} | ({"version": version} if version else {})
+    info = client.request("POST", f"/api/v1/deployments/{deployment}/reference", json=body)
+    _print_json(info) if as_json else click.echo(f"{info['model']} version {info['version']}: adopted {info['rows']} rows as reference")
+
+
+@main.group("predictions")
+def predictions_group() -> None:
+    """The prediction log."""
+
+
+@remote_command(predictions_group, "export")
+@click.argument("deployment")
+@click.argument("dest", type=PathArg)
+@click.option("--from", "start", help="ISO 8601 start (inclusive).")
+@click.option("--to", "end", help="ISO 8601 end (exclusive).")
+def predictions_export(client: Any, as_json: bool, deployment: str, dest: Path, start: str | None, end: str | None) -> None:
+    """Write DEPLOYMENT's logged predictions (with any labels) in a time range to DEST as Parquet (operator token)."""
+    headers = client.download(f"/api/v1/deployments/{deployment}/predictions", dest, params=_time_params(start, end))
+    rows = headers.get("x-rows", "?")
+    _print_json({"path": str(dest), "rows": int(rows)}) if as_json else click.echo(f"wrote {rows} rows to {dest}")
 
 
 if __name__ == "__main__":

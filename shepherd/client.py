@@ -45,6 +45,30 @@ class Client:
             return resp.json()
         return resp.text
 
+    def download(self, path: str, dest: Path, **kw: Any) -> dict[str, str]:
+        """Stream a GET response into `dest` (written to a temp file, renamed when complete); returns the headers."""
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self.http.stream("GET", path, **kw) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    try:
+                        body = resp.json()
+                        raise RemoteError(resp.status_code, body.get("error") or resp.text, body.get("code", ""))
+                    except ValueError:
+                        raise RemoteError(resp.status_code, resp.text or resp.reason_phrase) from None
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes(1024 * 1024):
+                        f.write(chunk)
+                headers = dict(resp.headers)
+        except httpx.ConnectError:
+            raise ShepherdError(f"cannot reach Shepherd at {self.url}: is it running? (set --url or SHEPHERD_URL)") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(dest)
+        return headers
+
     def upload(self, path: str, file: Path) -> Any:
         def chunks() -> Iterator[bytes]:
             with open(file, "rb") as f:

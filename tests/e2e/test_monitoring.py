@@ -1,0 +1,112 @@
+"""End to end: monitoring on the real `shepherd serve`, driven over HTTP and by the CLI; SIGTERM flushes the log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import admin_token, free_port
+from tests.e2e.test_server import cli
+from tests.monitoring.test_monitor import _build_iris
+
+
+@pytest.fixture(scope="module")
+def iris_e2e(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_iris(tmp_path_factory.mktemp("iris-e2e"))
+
+
+def write_config(tmp_path: Path, keys, iris: Path, *, flush_interval_s: float, interval_s: float) -> Path:
+    shutil.copy(iris.parent / "keys" / "demo.pub", keys.trusted_dir / "demo.pub")
+    policies = tmp_path / "policies"
+    policies.mkdir(exist_ok=True)
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 100\n[performance]\nmin_labels = 20\n")
+    port = free_port()
+    path = tmp_path / f"shepherd-{port}.toml"
+    path.write_text(
+        f'[server]\nport = {port}\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[bundles]\ntrusted_keys_dir = "{keys.trusted_dir}"\n[auth]\ntoken_cache_seconds = 0\n'
+        f'[monitoring]\nflush_interval_s = {flush_interval_s}\nflush_rows = 1000000\ninterval_s = {interval_s}\n'
+        f'policies_dir = "{policies}"\n'
+    )
+    return path
+
+
+def reference_rows(iris: Path, n: int, seed: int) -> np.ndarray:
+    ref = duckdb.sql(f"SELECT * FROM read_parquet('{iris.parent / 'reference.parquet'}')").fetchnumpy()
+    x = np.column_stack([ref[c] for c in ref]).astype(np.float32)
+    return x[np.random.default_rng(seed).integers(0, len(x), n)]
+
+
+def infer(url: str, token: str, row: np.ndarray) -> dict:
+    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]}
+    r = httpx.post(f"{url}/v2/models/iris/infer", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def setup_iris(url: str, token: str, iris: Path) -> None:
+    assert cli(url, token, "import", str(iris))[0] == 0
+    assert cli(url, token, "deploy", "iris", "iris", "1")[0] == 0
+    assert cli(url, token, "promote", "iris")[0] == 0
+
+
+def test_drift_feedback_alerts_and_export_through_the_cli(tmp_path, keys, iris_e2e, start_server):
+    """A shifted window on the live server becomes a drift window and a Warning; feedback, performance and export work by CLI."""
+    cfg = write_config(tmp_path, keys, iris_e2e, flush_interval_s=0.1, interval_s=0.2)
+    token = admin_token(cfg)
+    srv = start_server(cfg)
+    setup_iris(srv.url, token, iris_e2e)
+    answers = [infer(srv.url, token, r) for r in reference_rows(iris_e2e, 100, 1)]
+    answers += [infer(srv.url, token, r + 3) for r in reference_rows(iris_e2e, 100, 2)]
+
+    lines = [json.dumps({"request_id": a["id"], "label": a["outputs"][0]["data"][0]}) for a in answers]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join([*lines, json.dumps({"request_id": "never-served", "label": 1})]) + "\n")
+    code, out = cli(srv.url, token, "feedback", str(labels))
+    assert code == 3 and "accepted 200 label(s)" in out and "unknown request never-served" in out
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, out = cli(srv.url, token, "drift", "iris", "--json")
+        if code == 0 and len(json.loads(out)) >= 2:
+            break
+        time.sleep(0.2)
+    windows = json.loads(out)
+    assert [w["drifted"] for w in windows[:2]] == [True, False], windows
+    code, out = cli(srv.url, token, "drift", "iris")
+    assert code == 0 and "DRIFT" in out and "petal_length" in out
+
+    code, out = cli(srv.url, token, "alerts", "list", "--deployment", "iris", "--json")
+    kinds = {(a["kind"], a["level"]) for a in json.loads(out)}
+    assert ("data_drift", "warning") in kinds
+    code, out = cli(srv.url, token, "performance", "iris", "--json")
+    current = json.loads(out)["current"][0]
+    assert current["n_labels"] == 200 and current["metrics"]["accuracy"] == 1.0
+
+    dest = tmp_path / "out.parquet"
+    code, out = cli(srv.url, token, "predictions", "export", "iris", str(dest))
+    assert code == 0 and "wrote 200 rows" in out
+    assert duckdb.sql(f"SELECT count(*), count(label) FROM read_parquet('{dest}')").fetchall()[0] == (200, 200)
+    text = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    assert 'shepherd_prediction_log_rows_total 200.0' in text
+
+
+def test_sigterm_flushes_every_answered_request(tmp_path, keys, iris_e2e, start_server):
+    """With a flush interval of an hour, every answered request is still in the log after SIGTERM and a restart."""
+    cfg = write_config(tmp_path, keys, iris_e2e, flush_interval_s=3600, interval_s=3600)
+    token = admin_token(cfg)
+    srv = start_server(cfg)
+    setup_iris(srv.url, token, iris_e2e)
+    ids = [infer(srv.url, token, r)["id"] for r in reference_rows(iris_e2e, 57, 3)]
+    srv.proc.terminate()
+    assert srv.proc.wait(30) == 0
+    with duckdb.connect(str(tmp_path / "data" / "events.duckdb"), read_only=True) as con:
+        logged = [r[0] for r in con.execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert logged == ids
