@@ -13,6 +13,10 @@ the order rotating every round:
                [serving]: max_queue_delay_us = 200), the model imported as a signed bundle,
                deployed and promoted through the CLI; bearer token on every request
   shepherd-d0  the same with `max_queue_delay_us = 0` (the batcher never waits)
+  shepherd-nolog  the same as shepherd with `[monitoring] prediction_log = false`: the cost of
+               the prediction log (and of the drift windows the monitor computes from it; the
+               bundles carry the training rows as reference.parquet, so windows of 1000 rows
+               are evaluated during the load)
   mlserver     Seldon MLServer from PyPI, in its own virtual environment (created on first use;
                see --mlserver-venv), with the custom runtime in benchmarks/_mlserver_onnx.py;
                parallel_workers = 0 (inference in the server process), metrics, gzip and access
@@ -68,7 +72,7 @@ from benchmarks.asgi import Result, _ms, free_port, median_result, session_cpu_s
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-TARGETS = ("shepherd", "shepherd-d0", "mlserver", "echo")
+TARGETS = ("shepherd", "shepherd-d0", "shepherd-nolog", "mlserver", "echo")
 DEFAULT_TARGETS = "shepherd,shepherd-d0,mlserver,echo"
 DEPLOYMENT = "cancer"
 DEFAULT_MLSERVER_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shepherd-bench" / "mlserver-venv"
@@ -95,7 +99,8 @@ def make_echo_app():
 
 # ------------------------------------------------------------------------------ model
 def build_model(path: Path, seed: int, c: float) -> None:
-    """Train StandardScaler + LogisticRegression on the breast-cancer data and write it as ONNX."""
+    """Train StandardScaler + LogisticRegression on the breast-cancer data and write it as ONNX,
+    with its training rows beside it as `<name>.parquet` (the bundle's drift reference)."""
     import numpy as np
     from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer
@@ -110,6 +115,12 @@ def build_model(path: Path, seed: int, c: float) -> None:
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x_train, y_train)
     onx = to_onnx(clf, x_train[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
     path.write_bytes(onx.SerializeToString())
+    import duckdb
+
+    with duckdb.connect() as con:
+        columns = {name.replace(" ", "_"): x_train[:, i] for i, name in enumerate(data.feature_names)}
+        con.register("ref", columns)
+        con.execute(f"COPY ref TO '{path.with_suffix('.parquet')}' (FORMAT parquet)")
 
 
 def sample_row() -> list[float]:
@@ -278,7 +289,8 @@ def prepare(tmp: Path, need_shepherd: bool) -> Assets:
             meta = tmp / f"cancer-v{i}.toml"
             meta.write_text(f'name = "{DEPLOYMENT}"\ndescription = "Breast-cancer logistic regression (benchmark model {i})."\n')
             bundle = tmp / f"cancer-v{i}.shb"
-            cli("bundle", "create", "--model", str(model), "--metadata", str(meta), "--sign-key", str(keys / "bench.key"), "-o", str(bundle))
+            cli("bundle", "create", "--model", str(model), "--metadata", str(meta), "--reference", str(model.with_suffix(".parquet")),
+                "--sign-key", str(keys / "bench.key"), "-o", str(bundle))
             bundles.append(bundle)
     return Assets(tmp, models, bundles, keys, sample_row())
 
@@ -287,12 +299,12 @@ def infer_body(row: list[float]) -> bytes:
     return json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, len(row)], "data": row}]}).encode()
 
 
-def start_shepherd(t: Target, assets: Assets, extra_serving: str = "") -> str:
+def start_shepherd(t: Target, assets: Assets, extra_serving: str = "", extra: str = "") -> str:
     """Start `shepherd serve` over a fresh data directory, deploy and promote version 1; return an admin token."""
     cfg = t.dir / "shepherd.toml"
     cfg.write_text(
         f'[server]\nport = {t.port}\n[storage]\ndata_dir = "{t.dir / "data"}"\n[bundles]\ntrusted_keys_dir = "{assets.keys}"\n'
-        f'[serving]\n{extra_serving}\n[logging]\nformat = "json"\n'
+        f'[serving]\n{extra_serving}\n[logging]\nformat = "json"\n{extra}'
     )
     token = cli("token", "create", "--role", "admin", "--name", "bench", "--config", str(cfg)).strip()
     t.spawn([str(BIN / "shepherd"), "serve", "--config", str(cfg), *sum((["--import", str(b)] for b in assets.bundles), [])])
@@ -348,6 +360,8 @@ def start(name: str, tmp: Path, assets: Assets, cpus: set[int] | None) -> Target
             start_shepherd(t, assets)
         elif name == "shepherd-d0":
             start_shepherd(t, assets, "max_queue_delay_us = 0")
+        elif name == "shepherd-nolog":
+            start_shepherd(t, assets, extra="[monitoring]\nprediction_log = false\n")
         elif name == "mlserver":
             start_mlserver(t, assets)
         elif name == "echo":
@@ -575,6 +589,14 @@ def report(results: dict[tuple[str, int], list[Result]], targets: list[str], con
                 else:
                     verdicts.append(f"c={c} {s}: {med:.2f}x the echo ceiling: {'MET' if med >= 0.70 else 'MISSED'} (target >= 0.70)")
         rows.append(row)
+    if "shepherd" in targets and "shepherd-nolog" in targets:
+        head.append("shepherd/shepherd-nolog req/s")
+        for c, row in zip(concurrencies, rows):
+            ratios = [a.rps / b.rps for a, b in zip(results["shepherd", c], results["shepherd-nolog", c])]
+            row.append(fmt_ratio(ratios))
+            med = statistics.median(ratios)
+            verdicts.append(f"c={c}: with the prediction log {med:.2f}x the throughput without it: "
+                            f"{'MET' if med >= 0.90 else 'MISSED'} (target: logging costs < 10%)")
     if len(head) > 1:
         out.append("\nratios (median of per-round paired ratios, min-max in brackets):\n" + table(head, rows))
     return "\n".join(out), verdicts

@@ -347,3 +347,73 @@ def test_adopt_reference_for_a_version_without_one(client, appl: Appliance, make
     assert client.post("/api/v1/deployments/tiny/reference", json={"rows": 20}, headers=_h(client, "operator")).status_code == 409
     entries = appl.db.read(lambda c: audit.query(c, action="reference.adopt"))
     assert [e.target for e in entries] == ["tiny:1"]
+
+
+def test_a_failed_flush_loses_nothing_and_is_retried(appl: Appliance, monkeypatch):
+    """When DuckDB refuses a batch, the records go back to the buffer and land with the next flush."""
+    real = appl.events.append_predictions
+    calls = []
+
+    def flaky(table):
+        calls.append(table.num_rows)
+        if len(calls) == 1:
+            raise RuntimeError("disk full")
+        return real(table)
+
+    monkeypatch.setattr(appl.events, "append_predictions", flaky)
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(12)])
+    assert appl.predlog.flush()
+    ids = [r[0] for r in appl.events.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == [a["id"] for a in answers] and len(calls) >= 2
+    assert appl.predlog.failures._value.get() >= 1
+
+
+def test_full_buffer_drops_and_counts_instead_of_waiting(mon_config: config_mod.Config, iris: Path):
+    """With the flusher unable to keep up, records beyond buffer_rows are dropped and counted; requests still succeed."""
+    raw = _raw(mon_config)
+    raw["monitoring"].update(buffer_rows=5, flush_interval_s=3600, flush_rows=1000)
+    a = Appliance(config_mod.parse(raw))
+    a.start()
+    a.importer.import_file(iris, actor="t")
+    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
+    asyncio.run(a.deployments.promote("iris", actor="t"))
+    answers = serve(a, [reference_like(1, seed=i) for i in range(8)])
+    dropped = a.predlog.dropped._value.get()
+    a.close()
+    assert len(answers) == 8 and dropped == 3
+
+
+def test_error_stream_detector_raises_a_warning(appl: Appliance):
+    """DDM on the error stream fires when the error rate jumps, and raises an error_stream_drift Warning."""
+    from shepherd.monitoring import feedback as fb
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(400)])
+    preds = [a["outputs"][0]["data"][0] for a in answers]
+    good = [fb.Label(a["id"], float(p)) for a, p in zip(answers[:300], preds[:300])]
+    bad = [fb.Label(a["id"], float((p + 1) % 3)) for a, p in zip(answers[300:], preds[300:])]
+    fb.ingest(appl.events, appl.predlog, good)
+    appl.monitor.tick()
+    assert not [x for x in appl.alerts.list(deployment="iris") if x.kind == "error_stream_drift"]
+    fb.ingest(appl.events, appl.predlog, bad)
+    appl.monitor.tick()
+    found = [x for x in appl.alerts.list(deployment="iris") if x.kind == "error_stream_drift"]
+    assert len(found) == 1 and found[0].level == "warning"
+
+
+def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appliance, policies: Path):
+    """With window_seconds, closed windows are evaluated on their rows, and a window without rows is stored as 'no data'."""
+    from datetime import timedelta
+
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 60\n")
+    serve(appl, [reference_like(50, seed=4)])
+    appl.predlog.flush()
+    first = appl.events.first_ts("iris", 1)
+    appl.monitor.tick(now=first + timedelta(seconds=30))  # the first window has not closed yet
+    assert appl.monitor.drift_history("iris", None, None, 10) == []
+    appl.monitor.tick(now=first + timedelta(seconds=185))
+    hist = sorted(appl.monitor.drift_history("iris", None, None, 10), key=lambda w: w["window_id"])
+    assert [w["n_rows"] for w in hist][:1] == [50]
+    assert all((w["end_ts"] - w["start_ts"]) == timedelta(seconds=60) for w in hist)
+    assert hist[0]["start_ts"].timestamp() % 60 == 0
+    assert len(hist) >= 2 and hist[1]["n_rows"] == 0 and not hist[1]["drifted"]
+    assert all(not f["has_data"] and f["psi"] is None for f in hist[1]["features"]), "no data, never NaN"
