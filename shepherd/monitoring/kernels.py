@@ -719,7 +719,7 @@ def _js_psi(counts: np.ndarray, n: int, ref_props: np.ndarray, eps: float) -> tu
     return psi, math.sqrt(max(js / 2.0, 0.0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _numeric_kernel(X, ref, ref_off, edges, edge_off, props, ref_std, eps):
     n_rows, n_feat = X.shape
     psi = np.full(n_feat, np.nan)
@@ -778,7 +778,7 @@ def _numeric_kernel(X, ref, ref_off, edges, edge_off, props, ref_std, eps):
     return psi, ks, ksp, w1, w1n, js, miss, count, has
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _categorical_kernel(C, ref_props, cat_off, floor):
     n_rows, n_feat = C.shape
     stat = np.full(n_feat, np.nan)

@@ -150,24 +150,31 @@ class PredictionLog:
         seq = self._seq
         for (model, version), recs in groups.items():
             layout = self.layout_of(model, version, recs[0][3])
-            x = _flatten([r[4] for r in recs], layout.inputs)
-            y = _flatten([r[5] for r in recs], layout.outputs)
-            rows = np.array([_rows(r, layout) for r in recs], dtype=np.int64)
+            rows = np.fromiter((_rows(r[4]) for r in recs), dtype=np.int64, count=len(recs))
             n = int(rows.sum())
+            single = n == len(recs)  # every request one row: the common case needs no repeat
+            x = _flatten([r[4] for r in recs], layout.inputs, rows)
+            y = _flatten([r[5] for r in recs], layout.outputs, rows)
+
+            def per_row(values: list, kind: pa.DataType, rows: np.ndarray = rows, single: bool = single) -> pa.Array:
+                arr = pa.array(values, kind)
+                return arr if single else arr.take(pa.array(np.repeat(np.arange(len(values)), rows)))
+
+            row_index = np.zeros(n, np.int32) if single else np.concatenate([np.arange(k, dtype=np.int32) for k in rows])
             parts.append(pa.table({
                 "seq": pa.array(np.arange(seq, seq + n, dtype=np.int64)),
-                "request_id": pa.array(np.repeat(np.array([r[0] for r in recs], dtype=object), rows), pa.string()),
-                "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in rows]) if n else np.empty(0, np.int32)),
-                "ts": pa.array((np.repeat([r[1] for r in recs], rows) * 1e6).astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
-                "deployment": pa.array(np.repeat(np.array([r[2][0] for r in recs], dtype=object), rows), pa.string()),
+                "request_id": per_row([r[0] for r in recs], pa.string()),
+                "row": pa.array(row_index),
+                "ts": per_row([int(r[1] * 1e6) for r in recs], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "deployment": per_row([r[2][0] for r in recs], pa.string()),
                 "model": pa.array([model] * n, pa.string()),
                 "version": pa.array(np.full(n, version, dtype=np.int32)),
-                "slot": pa.array(np.repeat(np.array([r[2][3] for r in recs], dtype=object), rows), pa.string()),
-                "latency_us": pa.array(np.repeat(np.array([r[6] for r in recs]) * 1e6, rows).astype(np.float32)),
+                "slot": per_row([r[2][3] for r in recs], pa.string()),
+                "latency_us": per_row([r[6] * 1e6 for r in recs], pa.float32()),
                 "x": fixed_list(x), "y": fixed_list(y),
             }))
             seq += n
-        return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def _maybe_retain(self) -> None:
         now = time.monotonic()
@@ -184,32 +191,25 @@ class PredictionLog:
             log.info("prediction_log_retention", deleted=deleted)
 
 
-def _rows(rec: tuple, layout: Layout) -> int:
-    inputs = rec[4]
-    for t in layout.inputs:
-        a = inputs.get(t.name)
-        if a is not None:
-            return a.shape[0] if a.ndim else 1
-    first = next(iter(inputs.values()))
-    return first.shape[0] if first.ndim else 1
-
-
-def _flatten(dicts: list[dict[str, np.ndarray]], tensors: list) -> np.ndarray:
-    """Rows of every request, each tensor reshaped to (rows, width), side by side as float64."""
-    if not tensors:
-        total = sum((next(iter(d.values())).shape[0] if d and next(iter(d.values())).ndim else 1) for d in dicts)
-        return np.empty((total, 0))
-    cols = []
-    for t in tensors:
-        arrays = [np.asarray(d[t.name]).reshape(-1, t.width) if t.name in d else None for d in dicts]
-        if any(a is None for a in arrays):  # a requested-outputs subset left this one out: NaN for those rows
-            n_rows = [len(a) if a is not None else _len_of(d) for a, d in zip(arrays, dicts)]
-            arrays = [a if a is not None else np.full((n, t.width), np.nan) for a, n in zip(arrays, n_rows)]
-        cols.append(np.concatenate(arrays).astype(np.float64, copy=False))
-    return cols[0] if len(cols) == 1 else np.hstack(cols)
-
-
-def _len_of(d: dict[str, np.ndarray]) -> int:
-    for a in d.values():
+def _rows(tensors: dict[str, np.ndarray]) -> int:
+    for a in tensors.values():
         return a.shape[0] if a.ndim else 1
     return 1
+
+
+def _flatten(dicts: list[dict[str, np.ndarray]], tensors: list, rows: np.ndarray) -> np.ndarray:
+    """Rows of every request, each tensor as (rows, width), side by side as float64."""
+    n = int(rows.sum())
+    if not tensors:
+        return np.empty((n, 0))
+    cols = []
+    for t in tensors:
+        try:
+            col = np.concatenate([d[t.name] for d in dicts]).reshape(n, t.width)
+        except (KeyError, ValueError):  # a tensor missing from some requests, or 0-d: one request at a time
+            col = np.concatenate([
+                np.asarray(d[t.name]).reshape(k, t.width) if t.name in d else np.full((k, t.width), np.nan)
+                for d, k in zip(dicts, rows)
+            ])
+        cols.append(col.astype(np.float64, copy=False))
+    return cols[0] if len(cols) == 1 else np.hstack(cols)

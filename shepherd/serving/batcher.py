@@ -7,7 +7,8 @@ requests along the first axis, runs ONNX Runtime (which releases the GIL) and sp
 One exception, `run_inline`: a lone request to a model whose warm-up median is at most
 `inline_max_us` runs on the calling thread. Handing a request to the worker and back costs two
 thread wake-ups (60-90 µs on a 2-vCPU VM), many times what such a model needs, and with nothing
-else in flight there is nothing to batch it with.
+else in flight there is nothing to batch it with. A version whose inline runs mostly exceed the
+budget stops running inline.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shepherd.serving.engine import ModelSession
 
 log = structlog.get_logger()
 _STOP = object()
+INLINE_ROUND = 64
 
 
 class Overloaded(ShepherdError):
@@ -87,10 +89,13 @@ class Batcher:
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
         self.inline_budget = inline_max_us / 1e6
-        # Inline runs keep an average of their own time; a model that turns out slower (a loaded
-        # machine, a GPU that throttles) stops running inline for good.
-        self.inline_avg = session.warm_seconds
+        # Inline runs are checked in rounds of INLINE_ROUND: when most runs of a round took longer
+        # than the budget (the median is over it: a model slower than warm-up showed, a busy GPU),
+        # the version stops running inline for good. A few slow runs (a background thread holding
+        # the GIL, a preempted vCPU) do not count against it.
         self.inline_ok = session.warm_seconds <= self.inline_budget
+        self._inline_runs = 0
+        self._inline_over = 0
         # Requests admitted for this version and not yet answered (set by LoadedVersion). The worker
         # waits for more only while some of them are not in the batch yet: a lone request runs at
         # once instead of paying max_queue_delay_us, and under load batches still fill.
@@ -125,10 +130,14 @@ class Batcher:
         started = time.perf_counter()
         result, error = self._run_one(p)
         done = time.perf_counter()
-        self.inline_avg += (done - started - self.inline_avg) * 0.05
-        if self.inline_avg > self.inline_budget:
-            self.inline_ok = False
-            log.warning("inline_disabled", model=self.session.label, avg_us=round(self.inline_avg * 1e6, 1), budget_us=self.inline_budget * 1e6)
+        self._inline_runs += 1
+        self._inline_over += done - started > self.inline_budget
+        if self._inline_runs == INLINE_ROUND:
+            if self._inline_over * 2 > INLINE_ROUND:
+                self.inline_ok = False
+                log.warning("inline_disabled", model=self.session.label, over_budget=self._inline_over, runs=INLINE_ROUND,
+                            budget_us=self.inline_budget * 1e6)
+            self._inline_runs = self._inline_over = 0
         self._observe([p], started, done, p.rows)
         if error is not None:
             raise error

@@ -408,12 +408,13 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     serve(appl, [reference_like(50, seed=4)])
     appl.predlog.flush()
     first = appl.events.first_ts("iris", 1)
-    appl.monitor.tick(now=first + timedelta(seconds=30))  # the first window has not closed yet
+    end = first.replace(second=0, microsecond=0) + timedelta(seconds=60)  # the first window's end
+    appl.monitor.tick(now=end - timedelta(seconds=1))  # not closed yet
     assert appl.monitor.drift_history("iris", None, None, 10) == []
-    appl.monitor.tick(now=first + timedelta(seconds=185))
+    appl.monitor.tick(now=end + timedelta(seconds=125))
     hist = sorted(appl.monitor.drift_history("iris", None, None, 10), key=lambda w: w["window_id"])
-    assert [w["n_rows"] for w in hist][:1] == [50]
+    assert len(hist) == 3 and sum(w["n_rows"] for w in hist) == 50 and hist[0]["n_rows"] > 0
     assert all((w["end_ts"] - w["start_ts"]) == timedelta(seconds=60) for w in hist)
     assert hist[0]["start_ts"].timestamp() % 60 == 0
-    assert len(hist) >= 2 and hist[1]["n_rows"] == 0 and not hist[1]["drifted"]
-    assert all(not f["has_data"] and f["psi"] is None for f in hist[1]["features"]), "no data, never NaN"
+    assert hist[2]["n_rows"] == 0 and not hist[2]["drifted"]
+    assert all(not f["has_data"] and f["psi"] is None for f in hist[2]["features"]), "no data, never NaN"

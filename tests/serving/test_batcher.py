@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from shepherd.serving.batcher import Batcher, InferenceFailed
+from shepherd.serving.batcher import INLINE_ROUND, Batcher, InferenceFailed
 
 
 class FakeSession:
@@ -101,18 +101,34 @@ def test_queued_work_keeps_order_no_inline_overtaking():
 def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget():
     s = FakeSession(warm_seconds=5e-6)
     b, _ = make(s, inline_max_us=50)
-    s.delay = 2e-3  # the machine got slow: each run now takes 40x the budget
+    s.delay = 2e-3  # the model turned out slow: each run now takes 40x the budget
 
     async def scenario():
-        for _ in range(30):
+        for _ in range(INLINE_ROUND + 10):
             await serve(b, np.ones((1, 3), np.float32))
 
     asyncio.run(scenario())
     b.stop()
     assert not b.inline_ok
     inline_runs = s.threads.count(threading.current_thread().name)
-    assert 1 <= inline_runs < 30, "a few slow runs switch inline off; the rest go to the worker"
+    assert inline_runs == INLINE_ROUND, "one round of mostly slow runs switches inline off; the rest go to the worker"
     assert s.threads[-1] == b._thread.name
+
+
+def test_a_few_slow_inline_runs_do_not_turn_it_off():
+    """Occasional slow runs (a background thread holding the GIL) leave inline on: the median decides."""
+    s = FakeSession(warm_seconds=5e-6)
+    b, _ = make(s, inline_max_us=1000)
+    slow = {3, 17, 40}
+
+    async def scenario():
+        for i in range(2 * INLINE_ROUND):
+            s.delay = 3e-3 if i in slow else 0.0
+            await serve(b, np.ones((1, 3), np.float32))
+
+    asyncio.run(scenario())
+    b.stop()
+    assert b.inline_ok and set(s.threads) == {threading.current_thread().name}
 
 
 def test_inline_failure_raises_inference_failed():

@@ -294,6 +294,7 @@ def test_request_timeout_answers_504_and_drops_the_request(seeded):
         await mgr.deploy("d", "tiny", 1, actor="t")
         await mgr.promote("d", actor="t")
         _, lv = mgr.route("d")
+        lv.batcher.inline_ok = False  # this test is about the queue: the blocked run must be on the worker
         original = lv.session.run
         lv.session.run = lambda feed, outputs=None: (gate.wait(5), original(feed, outputs))[1]
         body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,3],"data":[1,2,3]}]}'
