@@ -85,7 +85,7 @@ class Monitor:
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, int], StreamState] = {}
-        self._perf_seen: dict[tuple[str, int], datetime | None] = {}
+        self._feedback_seen = -1  # EventStore.feedback_generation at the last pass that read feedback
         self._warned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
         self._stop = threading.Event()
@@ -178,6 +178,8 @@ class Monitor:
     def tick(self, now: datetime | None = None) -> None:
         with self._lock:
             now = now or datetime.now(UTC)
+            generation = self.events.feedback_generation
+            new_feedback = generation != self._feedback_seen
             for deployment in self.deployments():
                 try:
                     policy = self.policy(deployment)
@@ -186,10 +188,12 @@ class Monitor:
                 for model, version in self.events.versions_logged(deployment):
                     try:
                         self._windows(deployment, model, version, policy, now)
-                        self._performance(deployment, model, version, policy, now)
-                        self._streams_step(deployment, model, version, policy)
+                        if new_feedback:
+                            self._performance(deployment, model, version, policy, now)
+                        self._streams_step(deployment, model, version, policy, new_feedback)
                     except Exception:
                         log.exception("monitor_version_failed", deployment=deployment, model=model, version=version)
+            self._feedback_seen = generation
 
     # -- drift windows --------------------------------------------------------------------
 
@@ -311,14 +315,7 @@ class Monitor:
         }
 
     def _performance(self, deployment: str, model: str, version: int, policy: Policy, now: datetime) -> None:
-        key = (deployment, version)
-        latest = self.events.cursor().execute(
-            "SELECT max(f.received_at) FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND p.\"row\" = f.\"row\" "
-            "WHERE p.deployment = ? AND p.version = ?", [deployment, version],
-        ).fetchone()[0]
-        if latest is None or self._perf_seen.get(key) == latest:
-            return
-        self._perf_seen[key] = latest
+        """Score a version again (new feedback arrived since the last pass)."""
         result = self.evaluate_performance(deployment, model, version, policy)
         if result is None:
             return
@@ -344,7 +341,7 @@ class Monitor:
 
     # -- streaming detectors --------------------------------------------------------------
 
-    def _streams_step(self, deployment: str, model: str, version: int, policy: Policy) -> None:
+    def _streams_step(self, deployment: str, model: str, version: int, policy: Policy, new_feedback: bool) -> None:
         layout = self.layout_of(model, version)
         t = targets(layout, policy.performance)
         key = (deployment, version)
@@ -353,7 +350,7 @@ class Monitor:
             state = self._streams[key] = StreamState(t.task == "classification")
             state.score_seq = self.events.last_window(deployment, version)[1]  # start from the present, not the whole history
         labels = (deployment, model, str(version))
-        new = self.events.window_rows(deployment, version, state.score_seq, 100_000)
+        new = self.events.outputs_since(deployment, version, state.score_seq, 100_000)
         if new.num_rows:
             state.score_seq = int(new.column("seq")[-1].as_py())
             y = list_matrix(new, "y")
@@ -372,6 +369,8 @@ class Monitor:
                     f"{deployment}: {model} v{version}: the prediction score stream changed (ADWIN / Page-Hinkley)",
                     {"model": model, "version": version, "detections": hits}, key=f"score_stream:{version}",
                 )
+        if not new_feedback:
+            return
         labelled = self.events.labelled_since(deployment, version, state.error_received)
         if labelled.num_rows and t.label_index is not None:
             state.error_received = labelled.column("received_at")[-1].as_py()

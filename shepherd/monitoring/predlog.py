@@ -132,7 +132,7 @@ class PredictionLog:
             return
         try:
             table = self._table(batch)
-            self.events.append_predictions(table)
+            self.events.append_predictions(table, {(r[2][0], r[2][1], int(r[2][2])) for r in batch})
         except Exception:
             with self._lock:  # put it back in front, so nothing acknowledged is lost
                 self._buf[:0] = batch

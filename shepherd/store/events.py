@@ -60,8 +60,6 @@ CREATE TABLE IF NOT EXISTS performance (
     task VARCHAR NOT NULL, n_labels BIGINT NOT NULL, metrics JSON NOT NULL,
     baseline_metric VARCHAR, baseline DOUBLE, current DOUBLE, drop DOUBLE
 );
-CREATE INDEX IF NOT EXISTS predictions_dep_seq ON predictions(deployment, version, seq);
-CREATE INDEX IF NOT EXISTS predictions_req ON predictions(request_id);
 """
 
 
@@ -87,6 +85,14 @@ class EventStore:
         self.path = path
         self.con = duckdb.connect(str(path))
         self.con.execute(SCHEMA)
+        # No ART indexes: appends arrive in seq order, so DuckDB's zone maps already prune by
+        # seq and ts, and indexes would slow every append. What the monitor asks each pass is
+        # kept in memory instead: which versions each deployment has logged, and a counter
+        # that moves whenever feedback arrives.
+        self._logged: set[tuple[str, str, int]] = {
+            (r[0], r[1], int(r[2])) for r in self.con.execute("SELECT DISTINCT deployment, model, version FROM predictions").fetchall()
+        }
+        self.feedback_generation = 0
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A fresh cursor for one unit of work: thread-safe, and no half-read result leaks into the next query."""
@@ -104,7 +110,8 @@ class EventStore:
         (value,) = self.cursor().execute("SELECT coalesce(max(seq), 0) + 1 FROM predictions").fetchone()
         return int(value)
 
-    def append_predictions(self, table: pa.Table) -> None:
+    def append_predictions(self, table: pa.Table, versions: set[tuple[str, str, int]]) -> None:
+        """Append a batch; `versions` names the (deployment, model, version) rows it holds."""
         cur = self.cursor()
         cur.register("batch_in", table)
         try:
@@ -113,6 +120,7 @@ class EventStore:
             )
         finally:
             cur.unregister("batch_in")
+        self._logged |= versions
 
     def apply_retention(self, older_than: datetime | None, keep_rows: int) -> int:
         """Delete predictions older than `older_than` and beyond the newest `keep_rows` (0: no limit), and their feedback."""
@@ -142,6 +150,12 @@ class EventStore:
         cur.execute(f"COPY ({query}) TO '{literal}' (FORMAT parquet)", params)
         return int(count)
 
+    def outputs_since(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        return self.cursor().sql(
+            "SELECT seq, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
+            params=[deployment, version, after_seq, limit],
+        ).to_arrow_table()
+
     def window_rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
         return self.cursor().sql(
             "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -165,12 +179,8 @@ class EventStore:
         ).fetchone()[0]
 
     def versions_logged(self, deployment: str) -> list[tuple[str, int]]:
-        return [
-            (r[0], int(r[1]))
-            for r in self.cursor().execute(
-                "SELECT DISTINCT model, version FROM predictions WHERE deployment = ? ORDER BY version", [deployment]
-            ).fetchall()
-        ]
+        """(model, version) pairs this deployment has logged predictions for (kept in memory)."""
+        return sorted((m, v) for d, m, v in set(self._logged) if d == deployment)
 
     # -- feedback -------------------------------------------------------------------------
 
@@ -205,6 +215,7 @@ class EventStore:
             ).fetchone()
             cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
             cur.execute("COMMIT")
+            self.feedback_generation += 1
         except BaseException:
             cur.execute("ROLLBACK")
             raise

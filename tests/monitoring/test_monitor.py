@@ -354,11 +354,11 @@ def test_a_failed_flush_loses_nothing_and_is_retried(appl: Appliance, monkeypatc
     real = appl.events.append_predictions
     calls = []
 
-    def flaky(table):
+    def flaky(table, versions):
         calls.append(table.num_rows)
         if len(calls) == 1:
             raise RuntimeError("disk full")
-        return real(table)
+        return real(table, versions)
 
     monkeypatch.setattr(appl.events, "append_predictions", flaky)
     answers = serve(appl, [reference_like(1, seed=i) for i in range(12)])
