@@ -313,5 +313,5 @@ def set_archived(conn: apsw.Connection, name: str, version: int, archived: bool,
 
 
 def referenced_blobs(conn: apsw.Connection) -> set[str]:
-    """Every blob digest some record refers to; the rest are garbage."""
-    return {r[0] for r in conn.execute("SELECT DISTINCT sha256 FROM version_files")}
+    """Every blob digest some record refers to (version files, tracking artifacts); the rest are garbage."""
+    return {r[0] for r in conn.execute("SELECT sha256 FROM version_files UNION SELECT sha256 FROM artifacts")}

@@ -136,4 +136,108 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_unacknowledged ON alerts(id) WHERE acknowledged_at IS NULL;
     CREATE INDEX alerts_last_at ON alerts(last_at);
     """,
+    # 4: experiment tracking (the MLflow-compatible surface; see shepherd/tracking/)
+    """
+    CREATE TABLE experiments (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        artifact_location TEXT NOT NULL,
+        lifecycle_stage TEXT NOT NULL DEFAULT 'active' CHECK (lifecycle_stage IN ('active', 'deleted')),
+        creation_time INTEGER NOT NULL,
+        last_update_time INTEGER NOT NULL
+    );
+    CREATE TABLE experiment_tags (
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (experiment_id, key)
+    ) WITHOUT ROWID;
+    INSERT INTO experiments(id, name, artifact_location, creation_time, last_update_time)
+        VALUES (0, 'Default', 'mlflow-artifacts:/0', CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER));
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        run_uuid TEXT NOT NULL UNIQUE,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        name TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('RUNNING', 'SCHEDULED', 'FINISHED', 'FAILED', 'KILLED')),
+        start_time INTEGER NOT NULL,
+        end_time INTEGER,
+        lifecycle_stage TEXT NOT NULL DEFAULT 'active' CHECK (lifecycle_stage IN ('active', 'deleted')),
+        deleted_time INTEGER,
+        artifact_uri TEXT NOT NULL
+    );
+    CREATE INDEX runs_experiment ON runs(experiment_id, lifecycle_stage, start_time DESC, id);
+    CREATE TABLE run_params (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_params_kv ON run_params(key, value);
+    CREATE TABLE run_tags (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_tags_kv ON run_tags(key, value);
+    -- every logged value: the history, paged by (step, timestamp, id)
+    CREATE TABLE run_metrics (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        value REAL,            -- NULL for NaN
+        is_nan INTEGER NOT NULL DEFAULT 0,
+        timestamp INTEGER NOT NULL,
+        step INTEGER NOT NULL
+    );
+    CREATE INDEX run_metrics_history ON run_metrics(run_id, key, step, timestamp, id);
+    -- the latest value of each metric (largest step, then timestamp, then value), as MLflow defines it
+    CREATE TABLE run_latest_metrics (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        value REAL,
+        is_nan INTEGER NOT NULL DEFAULT 0,
+        timestamp INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_latest_metrics_kv ON run_latest_metrics(key, value);
+    CREATE TABLE run_inputs (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        source_type TEXT NOT NULL,
+        source TEXT NOT NULL,
+        schema TEXT,
+        profile TEXT,
+        context TEXT,
+        PRIMARY KEY (run_id, name, digest)
+    ) WITHOUT ROWID;
+    -- artifacts live in the blob store; this maps a run's (or logged model's) paths to blobs
+    CREATE TABLE artifacts (
+        root TEXT NOT NULL,    -- e.g. '<experiment>/<run_uuid>/artifacts' or 'models/<model_id>/artifacts'
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (root, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX artifacts_sha ON artifacts(sha256);
+    CREATE TABLE logged_models (
+        id INTEGER PRIMARY KEY,
+        model_id TEXT NOT NULL UNIQUE,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        name TEXT NOT NULL,
+        source_run_id TEXT,
+        status TEXT NOT NULL,
+        model_type TEXT,
+        creation_time INTEGER NOT NULL,
+        last_updated_time INTEGER NOT NULL,
+        artifact_location TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        tags TEXT NOT NULL DEFAULT '{}',
+        lifecycle_stage TEXT NOT NULL DEFAULT 'active'
+    );
+    """,
 ]

@@ -1,0 +1,1 @@
+"""Experiment tracking (the MLflow-compatible surface): runs, params, metrics, artifacts, search, registry bridge."""
