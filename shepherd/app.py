@@ -21,6 +21,7 @@ from shepherd.api import (
     deployments,
     health,
     metrics,
+    mlflow,
     models,
     monitoring,
     v2,
@@ -91,7 +92,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
     return Litestar(
         route_handlers=[
             health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController,
-            deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, metrics.metrics, *v2.ROUTES,
+            deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, metrics.metrics, *v2.ROUTES, *mlflow.routers(),
         ],
         guards=[require_role],
         middleware=[v2.infer_fast_path],

@@ -22,6 +22,8 @@ from shepherd.monitoring.predlog import PredictionLog
 from shepherd.monitoring.references import References
 from shepherd.serving.metrics import ServingMetrics
 from shepherd.store import registry
+from shepherd.tracking.mlflow import MlflowApi
+from shepherd.tracking.service import Tracker
 from shepherd.store.blobs import BlobStore
 from shepherd.store.events import EventStore
 from shepherd.store.schema import MIGRATIONS
@@ -71,6 +73,8 @@ class Appliance:
         self.metrics = ServingMetrics()
         self.deployments = DeploymentManager(config, self.db, self.blobs, self.metrics)
         self.alerts = AlertManager(self.db)
+        self.tracker = Tracker(self.db, self.blobs)
+        self.mlflow = MlflowApi(self.tracker)
         self.events = EventStore(config.data_dir / "events.duckdb")
         self.references = References(self.events)
         self.monitor = Monitor(

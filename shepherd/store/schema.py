@@ -182,22 +182,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, key)
     ) WITHOUT ROWID;
     CREATE INDEX run_tags_kv ON run_tags(key, value);
-    -- every logged value: the history, paged by (step, timestamp, id)
+    -- every logged value: the history, paged by (step, timestamp, id); an identical entry
+    -- (same key, step, timestamp and value) is stored once, as MLflow does
     CREATE TABLE run_metrics (
         id INTEGER PRIMARY KEY,
         run_id INTEGER NOT NULL REFERENCES runs(id),
         key TEXT NOT NULL,
-        value REAL,            -- NULL for NaN
+        value REAL NOT NULL,   -- 0 for NaN
         is_nan INTEGER NOT NULL DEFAULT 0,
         timestamp INTEGER NOT NULL,
         step INTEGER NOT NULL
     );
-    CREATE INDEX run_metrics_history ON run_metrics(run_id, key, step, timestamp, id);
+    CREATE UNIQUE INDEX run_metrics_history ON run_metrics(run_id, key, step, timestamp, value, is_nan);
     -- the latest value of each metric (largest step, then timestamp, then value), as MLflow defines it
     CREATE TABLE run_latest_metrics (
         run_id INTEGER NOT NULL REFERENCES runs(id),
         key TEXT NOT NULL,
-        value REAL,
+        value REAL NOT NULL,
         is_nan INTEGER NOT NULL DEFAULT 0,
         timestamp INTEGER NOT NULL,
         step INTEGER NOT NULL,

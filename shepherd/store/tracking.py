@@ -2,7 +2,7 @@
 
 The SQL behind shepherd/tracking/. Every write function runs inside the caller's write
 transaction (Database.write), so a whole `log_batch` is one transaction. Times are epoch
-milliseconds, as MLflow uses them. NaN metric values are stored as NULL with is_nan = 1;
+milliseconds, as MLflow uses them. NaN metric values are stored as 0 with is_nan = 1;
 +-inf are stored as +-1.7976931348623157e308, as MLflow's SQL store does.
 """
 
@@ -59,9 +59,9 @@ def _metric_value(value: float | None, is_nan: int) -> float:
     return math.nan if is_nan else float(value)  # type: ignore[arg-type]
 
 
-def store_value(value: float) -> tuple[float | None, int]:
+def store_value(value: float) -> tuple[float, int]:
     if math.isnan(value):
-        return None, 1
+        return 0.0, 1
     if math.isinf(value):
         return (MAX_FLOAT if value > 0 else -MAX_FLOAT), 0
     return value, 0
@@ -166,7 +166,7 @@ def log_batch(
     if not metrics:
         return
     stored = [(rid, k, *store_value(v), ts, step) for k, v, ts, step in metrics]
-    conn.executemany("INSERT INTO run_metrics(run_id, key, value, is_nan, timestamp, step) VALUES (?, ?, ?, ?, ?, ?)", stored)
+    conn.executemany("INSERT OR IGNORE INTO run_metrics(run_id, key, value, is_nan, timestamp, step) VALUES (?, ?, ?, ?, ?, ?)", stored)
     # latest = largest (step, timestamp, value) per key; NaN sorts below every number
     best: dict[str, tuple] = {}
     for _, k, value, is_nan, ts, step in stored:
@@ -176,8 +176,8 @@ def log_batch(
     conn.executemany(
         "INSERT INTO run_latest_metrics VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(run_id, key) DO UPDATE SET "
         "value = excluded.value, is_nan = excluded.is_nan, timestamp = excluded.timestamp, step = excluded.step "
-        "WHERE (excluded.step, excluded.timestamp, coalesce(excluded.value, -1e309)) > "
-        "(run_latest_metrics.step, run_latest_metrics.timestamp, coalesce(run_latest_metrics.value, -1e309))",
+        "WHERE (excluded.step, excluded.timestamp, CASE WHEN excluded.is_nan THEN -1e309 ELSE excluded.value END) > "
+        "(run_latest_metrics.step, run_latest_metrics.timestamp, CASE WHEN run_latest_metrics.is_nan THEN -1e309 ELSE run_latest_metrics.value END)",
         [(rid, k, b[1], b[2], b[3], b[4]) for k, b in best.items()],
     )
 
