@@ -32,7 +32,8 @@ FORCED = ("psi", "ks", "wasserstein", "jensenshannon")
 
 
 def main() -> int:
-    spec = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as fh:
+        spec = json.load(fh)
     t0 = time.perf_counter()
     import pandas as pd
     from evidently import DataDefinition, Dataset, Report

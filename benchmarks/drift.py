@@ -203,7 +203,7 @@ def ensure_evidently_venv(venv: Path) -> Path:
     """The Evidently venv's python; the venv is created (python3 -m venv + pip) on first use."""
     py = venv / "bin" / "python"
     probe = [str(py), "-c", "from evidently import Report; from evidently.presets import DataDriftPreset"]
-    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+    if py.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return py
     print(f"setting up Evidently's own virtual environment in {venv} (pip install {' '.join(EVIDENTLY_PACKAGES)}) ...",
           flush=True)
@@ -257,12 +257,12 @@ def version(dist: str) -> str:
 def machine_line() -> str:
     cpu = "?"
     try:
-        cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1)
+        cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE).group(1)
     except (OSError, AttributeError):
         pass
     mem = "?"
     try:
-        kb = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1))
+        kb = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1))
         mem = f"{kb / 1024**2:.1f} GiB"
     except (OSError, AttributeError):
         pass
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from shepherd.monitoring import kernels
 
     py = None if args.no_evidently else ensure_evidently_venv(args.evidently_venv)
-    print(machine_line())
+    print(machine_line() + f"; load average at the start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     compile_s = kernels.warm_up()
     print(f"python {platform.python_version()}; numpy {version('numpy')}, numba {version('numba')}, "
           f"scipy {version('scipy')}, shepherd {version('shepherd')}; numba threads {numba.get_num_threads()} "
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         target = "<= 2x the np.sort floor" if what == "floor" else ">= 50x faster"
         print(f"target {what} {target} at {label}: {'MET' if met else 'MISSED'}")
         ok &= met
-    print(f"\ntotal run time {time.perf_counter() - t_start:.0f} s")
+    print(f"\ntotal run time {time.perf_counter() - t_start:.0f} s; load average at the end "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine skews the figures)")
     return 0 if ok else 1
 
 

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 from litestar import Request, Response, Router, route
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromPath
 from litestar.response import File
 
 from shepherd.api.security import OPERATOR, VIEWER, actor
@@ -124,17 +125,17 @@ def _artifact_routes(prefix: str, public_schema: bool) -> list[Any]:
     base = f"{prefix}/2.0/mlflow-artifacts/artifacts"
 
     @route(f"{base}/{{path:path}}", http_method=["PUT"], opt=OPERATOR, include_in_schema=public_schema, status_code=200)
-    async def upload_artifact(request: Request, path: str) -> Response:
+    async def upload_artifact(request: Request, path: FromPath[str]) -> Response:
         """Upload one artifact file (the body) to this path."""
         return await _put_artifact(request, path)
 
     @route(f"{base}/{{path:path}}", http_method=["GET"], opt=VIEWER, include_in_schema=public_schema)
-    async def download_artifact(request: Request, path: str) -> Any:
+    async def download_artifact(request: Request, path: FromPath[str]) -> Any:
         """Download one artifact file."""
         return await _get_artifact(request, path)
 
     @route(f"{base}/{{path:path}}", http_method=["DELETE"], opt=OPERATOR, include_in_schema=public_schema, status_code=200)
-    async def delete_artifact(request: Request, path: str) -> Response:
+    async def delete_artifact(request: Request, path: FromPath[str]) -> Response:
         """Delete an artifact file or directory."""
         appl: Appliance = request.app.state.appliance
         await anyio.to_thread.run_sync(appl.tracker.delete_artifacts, path.lstrip("/"))

@@ -129,15 +129,50 @@ CASES = [
 ]
 
 
-def test_matrix_covers_every_route(api):
-    """The matrix lists every (method, route) the app serves, so a new route cannot skip authorization review."""
-    served = {
+def _served_routes(api) -> set[tuple[str, str]]:
+    return {
         (m, r.path)
         for r in api.app.routes
         for m in r.methods
         if m not in ("OPTIONS", "HEAD") and not (r.path.startswith("/schema") and r.path != "/schema/openapi.json")
     }
-    assert served == {(c.method, c.template) for c in CASES}
+
+
+MLFLOW_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+
+
+def _mlflow_cases() -> list[tuple[str, str, str]]:
+    """(method, route, role) of every MLflow-compatible route: from the protocol table, plus the artifact proxy."""
+    from shepherd.tracking.mlflow import ROUTES as MLFLOW_ROUTES
+
+    out = [(m, f"{pre}/{p}", "operator" if w else "viewer") for pre in MLFLOW_PREFIXES for m, p, _, w in MLFLOW_ROUTES]
+    for pre in ("/api", "/ajax-api"):
+        art = f"{pre}/2.0/mlflow-artifacts/artifacts"
+        out += [("PUT", f"{art}/{{path:path}}", "operator"), ("GET", f"{art}/{{path:path}}", "viewer"),
+                ("DELETE", f"{art}/{{path:path}}", "operator"), ("GET", art, "viewer")]
+    return [*out, ("GET", "/api/3.0/mlflow/server-info", "viewer")]
+
+
+def test_matrix_covers_every_route(api):
+    """The matrix lists every (method, route) the app serves, so a new route cannot skip authorization review."""
+    mlflow_routes = {(m, p) for m, p, _ in _mlflow_cases()}
+    assert mlflow_routes <= _served_routes(api)
+    assert _served_routes(api) - mlflow_routes == {(c.method, c.template) for c in CASES}
+
+
+@pytest.mark.parametrize(("method", "template", "need"), _mlflow_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_mlflow_route_by_role(api, tokens, method, template, need):
+    """MLflow routes: no token is 401, a viewer writing is 403, and a role at the route's level gets past the guard."""
+    path = template.replace("{model_id:str}", "m-" + "0" * 32).replace("{path:path}", "1/x")
+    for role in ("none", "viewer", need):
+        headers = bearer(tokens[role]) if role != "none" else {}
+        resp = api.request(method, path, headers=headers, content=b"{}" if method != "GET" else None)
+        if role == "none":
+            assert resp.status_code == 401 and resp.json()["error_code"] == "UNAUTHENTICATED", (role, resp.text)
+        elif RANK[role] < RANK[need]:
+            assert resp.status_code == 403 and resp.json()["error_code"] == "PERMISSION_DENIED", (role, resp.text)
+        else:
+            assert resp.status_code not in (401, 403, 500), (role, resp.status_code, resp.text)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method} {c.template}")

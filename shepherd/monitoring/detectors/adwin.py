@@ -6,7 +6,10 @@ holds up to ``max_buckets`` buckets that each summarise ``2**k`` values (their t
 variance). Every ``clock`` values all cut points of the window are tested; while two sub-windows'
 means differ by more than the Hoeffding-style bound, the oldest bucket is dropped, and a drift is
 flagged. The arithmetic below keeps river's operation order so that every float, and hence every
-detection, is identical.
+detection, is identical (divisions by a bucket size 2**k are multiplications by the exact 2**-k,
+which round to the same float). ``update_many`` keeps the window's running sums in locals between
+cut-point scans, and a scan evaluates the test at every cut point in one vectorised loop before
+acting on the first that fires, as river's scan does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ _DELTA, _MIN_WINDOW_LENGTH, _GRACE_PERIOD, _CLOCK, _MAX_BUCKETS = 4, 5, 6, 7, 8
 _N_LEVELS, _PHASE = 9, 10
 _C = 11
 _B = _C + _LEVELS
+_INV_POW2 = 2.0 ** -np.arange(_LEVELS, dtype=np.float64)  # exact powers of two
 
 
 @njit(cache=True, error_model="numpy")
@@ -62,23 +66,37 @@ def _insert(s, x):
         inc = (s[_WIDTH] - 1.0) * d * d / s[_WIDTH]
     s[_VARIANCE] += inc
     s[_TOTAL] += x
+    _merge(s, w, v0)
+
+
+@njit(cache=True, error_model="numpy")
+def _merge(s, w, v0):
     # merge the two oldest buckets of every full level into one bucket of the next level
+    # (x / 2**k is computed as x * 2**-k: both are the correctly rounded value of the same real)
     k = 0
     while int(s[_C + k]) == w:
         n1 = float(1 << k)
+        r = _INV_POW2[k]
         t, v = _B + k * w, v0 + k * w
-        mu1 = s[t] / n1
-        mu2 = s[t + 1] / n1
+        a = s[t]
+        b = s[t + 1]
+        mu1 = a * r
+        mu2 = b * r
         temp = n1 * 0.5 * (mu1 - mu2) * (mu1 - mu2)
         v12 = s[v] + s[v + 1] + temp
         if k + 1 >= s[_N_LEVELS]:
             s[_N_LEVELS] += 1.0
         n = int(s[_C + k + 1])
-        s[t + w + n] = s[t] + s[t + 1]
+        s[t + w + n] = a + b
         s[v + w + n] = v12
         s[_C + k + 1] = n + 1
-        _shift(s, t, w, 2)
-        _shift(s, v, w, 2)
+        for j in range(w - 2):
+            s[t + j] = s[t + j + 2]
+            s[v + j] = s[v + j + 2]
+        s[t + w - 2] = 0.0
+        s[t + w - 1] = 0.0
+        s[v + w - 2] = 0.0
+        s[v + w - 1] = 0.0
         s[_C + k] = w - 2
         if n + 1 < w:
             break
@@ -108,14 +126,30 @@ def _delete_oldest(s):
 
 @njit(cache=True, error_model="numpy")
 def _detect(s):
-    change = False
     s[_PHASE] += 1.0
     if s[_PHASE] == s[_CLOCK]:
         s[_PHASE] = 0.0
     if s[_PHASE] != 0.0 or not s[_WIDTH] > s[_GRACE_PERIOD]:
-        return change
+        return False
+    return _scan(s, _scratch(s))
+
+
+@njit(cache=True, error_model="numpy")
+def _scratch(s):
+    return np.empty((5, _LEVELS * (int(s[_MAX_BUCKETS]) + 1)))
+
+
+@njit(cache=True, error_model="numpy")
+def _scan(s, buf):
+    # river's detect_change once the clock ticks and the grace period is over: test every cut point,
+    # oldest first, and drop the oldest bucket while some cut shows a change. Each round first lists
+    # the cut points (the running sub-window sizes and sums, accumulated in river's order) and then
+    # evaluates the test at all of them in a loop without early exit, which Numba vectorises; the
+    # first cut that passes acts, exactly as in river's scan (the test has no side effects).
+    change = False
     w = int(s[_MAX_BUCKETS]) + 1
     mwl = s[_MIN_WINDOW_LENGTH]
+    c_n0, c_n1, c_u0, c_u1, hit = buf[0], buf[1], buf[2], buf[3], buf[4]
     reduce_width = True
     while reduce_width:
         reduce_width = False
@@ -123,6 +157,7 @@ def _detect(s):
         delta_prime = math.log(2.0 * math.log(s[_WIDTH]) / s[_DELTA])
         mean_variance = s[_VARIANCE] / s[_WIDTH]
         n0, n1, u0, u1 = 0.0, s[_WIDTH], 0.0, s[_TOTAL]
+        n_cuts = 0
         done = False
         for k in range(int(s[_N_LEVELS]) - 1, -1, -1):  # oldest (largest) buckets first
             size = float(1 << k)
@@ -136,19 +171,27 @@ def _detect(s):
                 if k == 0 and j == m - 1:
                     done = True
                     break
-                delta_mean = (u0 / n0) - (u1 / n1)
-                if n1 >= mwl and n0 >= mwl:
-                    m_recip = 1.0 / (n0 - mwl + 1.0) + 1.0 / (n1 - mwl + 1.0)
-                    epsilon = math.sqrt(2.0 * m_recip * mean_variance * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
-                    if abs(delta_mean) > epsilon:
-                        reduce_width = True
-                        change = True
-                        if s[_WIDTH] > 0.0:
-                            _delete_oldest(s)
-                            done = True
-                            break
+                c_n0[n_cuts] = n0
+                c_n1[n_cuts] = n1
+                c_u0[n_cuts] = u0
+                c_u1[n_cuts] = u1
+                n_cuts += 1
             if done:
                 break
+        for i in range(n_cuts):
+            a0 = c_n0[i]
+            a1 = c_n1[i]
+            delta_mean = (c_u0[i] / a0) - (c_u1[i] / a1)
+            m_recip = 1.0 / (a0 - mwl + 1.0) + 1.0 / (a1 - mwl + 1.0)
+            epsilon = math.sqrt(2.0 * m_recip * mean_variance * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
+            hit[i] = 1.0 if (a1 >= mwl) & (a0 >= mwl) & (abs(delta_mean) > epsilon) else 0.0
+        for i in range(n_cuts):
+            if hit[i] != 0.0:
+                reduce_width = True
+                change = True
+                if s[_WIDTH] > 0.0:
+                    _delete_oldest(s)
+                    break
     return change
 
 
@@ -164,13 +207,64 @@ def _update_one(s, x):
 
 @njit(cache=True, error_model="numpy")
 def _update_many(s, xs):
+    # _update_one over xs with the window's total, variance and width, the clock phase and the
+    # drift flag held in locals (not re-read from s after every store); they are written back to s
+    # around every cut-point scan and at the end. Same operations in the same order: same floats.
     out = np.empty(xs.shape[0], dtype=np.int64)
-    n = 0
+    nd = 0
+    w = int(s[_MAX_BUCKETS]) + 1
+    v0 = _B + _LEVELS * w
+    clock = s[_CLOCK]
+    grace = s[_GRACE_PERIOD]
+    drift = s[DRIFT] != 0.0
+    total = s[_TOTAL]
+    variance = s[_VARIANCE]
+    width = s[_WIDTH]
+    phase = s[_PHASE]
+    buf = _scratch(s)
     for t in range(xs.shape[0]):
-        if _update_one(s, xs[t]):
-            out[n] = t
-            n += 1
-    return out[:n].copy()
+        x = xs[t]
+        if drift:
+            _reset(s)
+            total = variance = width = phase = 0.0
+        # _insert
+        n = int(s[_C])
+        s[_B + n] = x
+        s[v0 + n] = 0.0
+        width += 1.0
+        inc = 0.0
+        if width > 1.0:
+            d = x - total / (width - 1.0)
+            inc = (width - 1.0) * d * d / width
+        variance += inc
+        total += x
+        if n + 1 < w:
+            s[_C] = n + 1
+        else:
+            s[_C] = n + 1
+            _merge(s, w, v0)
+        # _detect
+        phase += 1.0
+        if phase == clock:
+            phase = 0.0
+        drift = False
+        if phase == 0.0 and width > grace:
+            s[_TOTAL] = total
+            s[_VARIANCE] = variance
+            s[_WIDTH] = width
+            drift = _scan(s, buf)
+            total = s[_TOTAL]
+            variance = s[_VARIANCE]
+            width = s[_WIDTH]
+            if drift:
+                out[nd] = t
+                nd += 1
+    s[_TOTAL] = total
+    s[_VARIANCE] = variance
+    s[_WIDTH] = width
+    s[_PHASE] = phase
+    s[DRIFT] = 1.0 if drift else 0.0
+    return out[:nd].copy()
 
 
 class ADWIN(Detector):
