@@ -24,6 +24,7 @@ from shepherd.api import (
     mlflow,
     models,
     monitoring,
+    tracking,
     v2,
 )
 from shepherd.api.security import PUBLIC, require_role
@@ -92,7 +93,7 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
     return Litestar(
         route_handlers=[
             health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController,
-            deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, metrics.metrics, *v2.ROUTES, *mlflow.routers(),
+            deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, tracking.TrackingController, metrics.metrics, *v2.ROUTES, *mlflow.routers(),
         ],
         guards=[require_role],
         middleware=[v2.infer_fast_path],

@@ -1,5 +1,5 @@
 """The `shepherd` command line: serve, check-config, keys, bundle, import, models, alias, tag, deploy, token, audit, alerts,
-drift, performance, feedback, reference, predictions."""
+drift, performance, feedback, reference, predictions, experiments, runs."""
 
 from __future__ import annotations
 
@@ -699,6 +699,109 @@ def predictions_export(client: Any, as_json: bool, deployment: str, dest: Path, 
     headers = client.download(f"/api/v1/deployments/{deployment}/predictions", dest, params=_time_params(start, end))
     rows = headers.get("x-rows", "?")
     _print_json({"path": str(dest), "rows": int(rows)}) if as_json else click.echo(f"wrote {rows} rows to {dest}")
+
+
+
+# -------------------------------------------------------------------------------------- tracking
+@main.group("experiments")
+def experiments_group() -> None:
+    """Tracking experiments (the same ones the mlflow client sees)."""
+
+
+@remote_command(experiments_group, "list")
+@click.option("--filter", "filter_", help="e.g. \"name LIKE 'churn%'\".")
+@click.option("--view", type=click.Choice(["ACTIVE_ONLY", "DELETED_ONLY", "ALL"]), default="ACTIVE_ONLY", show_default=True)
+def experiments_list(client: Any, as_json: bool, filter_: str | None, view: str) -> None:
+    """List experiments (viewer token)."""
+    found = client.request("GET", "/api/v1/experiments", params={"view": view} | ({"filter": filter_} if filter_ else {}))
+    if as_json:
+        return _print_json(found)
+    _print_table(found["experiments"], ["experiment_id", "name", "lifecycle_stage", "artifact_location"])
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """Tracking runs: search with MLflow's filter grammar, show, compare, metric history."""
+
+
+@remote_command(runs_group, "list")
+@click.option("--experiment", "experiments", multiple=True, required=True, help="Experiment id or name (repeatable).")
+@click.option("--filter", "filter_", help="MLflow filter, e.g. \"metrics.auc > 0.9 and params.lr = '0.1'\".")
+@click.option("--order-by", "order_by", multiple=True, help="e.g. 'metrics.auc DESC' (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 50_000), default=50, show_default=True)
+@click.option("--view", type=click.Choice(["ACTIVE_ONLY", "DELETED_ONLY", "ALL"]), default="ACTIVE_ONLY", show_default=True)
+@click.option("--metric", "metrics", multiple=True, help="Metric columns to show (default: up to 4).")
+def runs_list(
+    client: Any, as_json: bool, experiments: tuple[str, ...], filter_: str | None, order_by: tuple[str, ...], limit: int, view: str,
+    metrics: tuple[str, ...],
+) -> None:
+    """Runs matching a filter, newest first unless --order-by (viewer token)."""
+    params: dict[str, Any] = {"experiment": list(experiments), "limit": limit, "view": view}
+    if filter_:
+        params["filter"] = filter_
+    if order_by:
+        params["order_by"] = list(order_by)
+    found = client.request("GET", "/api/v1/runs", params=params)
+    if as_json:
+        return _print_json(found)
+    runs = found["runs"]
+    shown = list(metrics) or sorted({m["key"] for r in runs for m in r["data"]["metrics"]})[:4]
+    rows = []
+    for r in runs:
+        values = {m["key"]: m["value"] for m in r["data"]["metrics"]}
+        rows.append({"run_id": r["info"]["run_id"], "name": r["info"]["run_name"], "status": r["info"]["status"],
+                     **{f"m:{k}": _fmt(values.get(k)) for k in shown}})
+    _print_table(rows, ["run_id", "name", "status", *[f"m:{k}" for k in shown]])
+    if found.get("next_page_token"):
+        click.echo(f"(more: --limit or the API's page_token {found['next_page_token']})", err=True)
+
+
+@remote_command(runs_group, "show")
+@click.argument("run_id")
+def runs_show(client: Any, as_json: bool, run_id: str) -> None:
+    """One run: status, params, latest metrics, tags, datasets and registered versions (viewer token)."""
+    r = client.request("GET", f"/api/v1/runs/{run_id}")
+    if as_json:
+        return _print_json(r)
+    i = r["info"]
+    click.echo(f"run {i['run_id']} ({i['run_name']}) in experiment {i['experiment_id']}: {i['status']}")
+    for section in ("params", "metrics", "tags"):
+        click.echo(f"{section}:")
+        for e in r["data"][section]:
+            click.echo(f"  {e['key']} = {_fmt(e['value']) if section == 'metrics' else e['value']}")
+    for d in r.get("inputs", {}).get("dataset_inputs", []):
+        click.echo(f"dataset: {d['dataset']['name']} ({d['dataset']['digest']})")
+    for v in r["registered_versions"]:
+        click.echo(f"registered: {v['model']} version {v['version']}")
+
+
+@remote_command(runs_group, "compare")
+@click.argument("run_ids", nargs=-1, required=True)
+def runs_compare(client: Any, as_json: bool, run_ids: tuple[str, ...]) -> None:
+    """Runs side by side: every param, latest metric and tag, one column per run; differences marked (viewer token)."""
+    found = client.request("GET", "/api/v1/runs/compare", params={"ids": list(run_ids)})
+    if as_json:
+        return _print_json(found)
+    heads = [r["run_name"] or r["run_id"][:8] for r in found["runs"]]
+    rows = []
+    for section in ("params", "metrics", "tags"):
+        for key, values in found[section].items():
+            row = {"": "*" if len({str(v) for v in values}) > 1 else "", "kind": section[:-1], "key": key}
+            row.update({h: _fmt(v) for h, v in zip(heads, values)})
+            rows.append(row)
+    _print_table(rows, ["", "kind", "key", *heads])
+
+
+@remote_command(runs_group, "history")
+@click.argument("run_id")
+@click.argument("key")
+@click.option("--limit", type=click.IntRange(1, 25_000), default=1000, show_default=True)
+def runs_history(client: Any, as_json: bool, run_id: str, key: str, limit: int) -> None:
+    """A metric's history (step, time, value), one page (viewer token)."""
+    found = client.request("GET", f"/api/v1/runs/{run_id}/metrics/{key}", params={"limit": limit})
+    if as_json:
+        return _print_json(found)
+    _print_table([{**m, "value": _fmt(m["value"], 8)} for m in found["metrics"]], ["step", "timestamp", "value"])
 
 
 if __name__ == "__main__":

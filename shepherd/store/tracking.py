@@ -240,28 +240,14 @@ def search_run_ids(conn: apsw.Connection, where: str, params: list[Any], order: 
     return [r[0] for r in conn.execute(f"SELECT r.id FROM runs r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?", (*params, limit, offset))]
 
 
-def metric_history(conn: apsw.Connection, rid: int, key: str, limit: int, after: tuple[int, int, int] | None) -> list[Metric]:
-    """One page of a metric's history ordered by (step, timestamp, id), after the given cursor."""
+def metric_history(conn: apsw.Connection, rid: int, key: str, limit: int, after: tuple[int, int, int] | None) -> list[tuple[Metric, tuple[int, int, int]]]:
+    """One page of a metric's history ordered by (step, timestamp, id) after the cursor; each entry with its own cursor."""
+    cols = "SELECT key, value, is_nan, timestamp, step, id FROM run_metrics WHERE run_id = ? AND key = ?"
     if after is None:
-        found = conn.execute(
-            "SELECT key, value, is_nan, timestamp, step, id FROM run_metrics WHERE run_id = ? AND key = ? ORDER BY step, timestamp, id LIMIT ?",
-            (rid, key, limit),
-        )
+        found = conn.execute(f"{cols} ORDER BY step, timestamp, id LIMIT ?", (rid, key, limit))
     else:
-        found = conn.execute(
-            "SELECT key, value, is_nan, timestamp, step, id FROM run_metrics WHERE run_id = ? AND key = ? AND (step, timestamp, id) > (?, ?, ?) "
-            "ORDER BY step, timestamp, id LIMIT ?",
-            (rid, key, *after, limit),
-        )
-    return [Metric(key=r[0], value=_metric_value(r[1], r[2]), timestamp=r[3], step=r[4]) for r in found]
-
-
-def metric_history_cursor(conn: apsw.Connection, rid: int, key: str, metric: Metric) -> tuple[int, int, int]:
-    row = conn.execute(
-        "SELECT step, timestamp, id FROM run_metrics WHERE run_id = ? AND key = ? AND step = ? AND timestamp = ? ORDER BY id DESC LIMIT 1",
-        (rid, key, metric.step, metric.timestamp),
-    ).fetchone()
-    return (row[0], row[1], row[2])
+        found = conn.execute(f"{cols} AND (step, timestamp, id) > (?, ?, ?) ORDER BY step, timestamp, id LIMIT ?", (rid, key, *after, limit))
+    return [(Metric(key=r[0], value=_metric_value(r[1], r[2]), timestamp=r[3], step=r[4]), (r[4], r[3], r[5])) for r in found]
 
 
 # -- artifacts ---------------------------------------------------------------------------------

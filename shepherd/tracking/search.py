@@ -179,6 +179,8 @@ def compile_filter(text: str | None) -> tuple[str, list[Any]]:
                     raise InvalidInput(f"invalid filter: expected a comparison after {tok[1]!r}, got {optok[1]!r}", field="filter")
                 op = optok[1]
             values: list[Any]
+            if kind == "metric" and op not in NUMERIC_OPS:
+                raise InvalidInput(f"invalid filter: {op} does not apply to metrics ({tok[1]}); use =, !=, <, <=, >, >=", field="filter")
             if op in ("IN", "NOT IN"):
                 if p.take() != ("paren", "("):
                     raise InvalidInput(f"invalid filter: {op} needs a parenthesised list", field="filter")

@@ -390,12 +390,46 @@ class Tracker:
         def q(c: Any) -> tuple[list[store.Metric], str | None]:
             rid = self._run_row(c, run_id)["id"]
             page = store.metric_history(c, rid, key, limit + 1, after)
-            if len(page) <= limit:
-                return page, None
-            cursor = store.metric_history_cursor(c, rid, key, page[limit - 1])
-            return page[:limit], _encode_cursor(cursor)
+            metrics = [entry for entry, _ in page[:limit]]
+            return metrics, (_encode_cursor(page[limit - 1][1]) if len(page) > limit else None)
 
         return self.db.read(q)
+
+    def resolve_experiment(self, ref: str) -> store.Experiment:
+        """An experiment by id or by name."""
+        if ref.isdigit():
+            try:
+                return self.experiment(ref)
+            except NotFound:
+                pass
+        return self.experiment_by_name(ref)
+
+    def compare(self, run_ids: list[str]) -> dict[str, Any]:
+        """Runs side by side: for every param, latest metric and tag, the value in each run (None when absent)."""
+        if not 2 <= len(run_ids) <= 20:
+            raise InvalidInput("compare needs 2 to 20 run ids", field="ids")
+        runs = [self.get_run(r) for r in run_ids]
+
+        def table(section: str, value: str = "value") -> dict[str, list[Any]]:
+            keys = sorted({e["key"] for r in runs for e in r.data[section]})
+            by_run = [{e["key"]: e[value] for e in r.data[section]} for r in runs]
+            return {k: [d.get(k) for d in by_run] for k in keys}
+
+        return {
+            "runs": [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time}
+                     for r in runs],
+            "params": table("params"), "metrics": table("metrics"),
+            "tags": {k: v for k, v in table("tags").items() if not k.startswith("mlflow.")},
+        }
+
+    def registered_versions(self, run_id: str) -> list[dict[str, Any]]:
+        """The registry versions made from this run (the run -> version side of the lineage link)."""
+        self.get_run(run_id)
+        found = self.db.read(lambda c: c.execute(
+            "SELECT m.name, v.version FROM versions v JOIN models m ON m.id = v.model_id "
+            "WHERE json_extract(v.lineage, '$.run_id') = ? ORDER BY m.name, v.version", (run_id,)
+        ).fetchall())
+        return [{"model": n, "version": v} for n, v in found]
 
     # -- artifacts -----------------------------------------------------------------------
 

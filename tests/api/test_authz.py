@@ -74,6 +74,13 @@ def _adopted(env: dict) -> None:
         env["adopted"] = True
 
 
+def _runs(env: dict) -> None:
+    if "run_a" not in env:
+        tracker = env["api"].app.state.appliance.tracker
+        env["run_a"], env["run_b"] = (tracker.create_run("0").info.run_id for _ in range(2))
+        tracker.log_batch(env["run_a"], metrics=[{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}])
+
+
 CASES = [
     Case("GET", "/v2/health/live", "/v2/health/live", None, {200}),
     Case("GET", "/v2/health/ready", "/v2/health/ready", None, {200}),
@@ -110,6 +117,12 @@ CASES = [
     Case("POST", "/api/v1/deployments/{name:str}/reference", "/api/v1/deployments/d/reference", "operator", {201, 409}, body={"rows": 2}, setup=_served),
     Case("GET", "/api/v1/deployments/{name:str}/reference", "/api/v1/deployments/d/reference", "viewer", {200}, setup=_adopted),
     Case("GET", "/api/v1/deployments/{name:str}/predictions", "/api/v1/deployments/d/predictions", "operator", {200}),
+    Case("GET", "/api/v1/experiments", "/api/v1/experiments", "viewer", {200}),
+    Case("GET", "/api/v1/experiments/{ref:str}", "/api/v1/experiments/Default", "viewer", {200}),
+    Case("GET", "/api/v1/runs", "/api/v1/runs?experiment=0", "viewer", {200}),
+    Case("GET", "/api/v1/runs/compare", "/api/v1/runs/compare?ids={run_a}&ids={run_b}", "viewer", {200}, setup=_runs),
+    Case("GET", "/api/v1/runs/{run_id:str}", "/api/v1/runs/{run_a}", "viewer", {200}, setup=_runs),
+    Case("GET", "/api/v1/runs/{run_id:str}/metrics/{key:str}", "/api/v1/runs/{run_a}/metrics/m", "viewer", {200}, setup=_runs),
     Case("GET", "/metrics", "/metrics", "viewer", {200}),
     Case("GET", "/v2", "/v2", "viewer", {200}),
     Case("GET", "/v2/models/{model:str}", "/v2/models/d", "viewer", {200}),

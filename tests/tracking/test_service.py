@@ -1,0 +1,150 @@
+"""Tracking rules: MLflow's limits, atomic batches, frozen finished runs, paged history, the latest-metric rule, lineage."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shepherd.errors import Conflict, InvalidInput, NotFound
+from shepherd.store.blobs import BlobStore
+from shepherd.store.schema import MIGRATIONS
+from shepherd.store.sqlite import Database
+from shepherd.tracking.service import Tracker
+
+
+def snapshot(db: Database) -> dict[str, list]:
+    """Every tracking table, for before/after comparisons around a refused change."""
+    tables = ("experiments", "experiment_tags", "runs", "run_params", "run_tags", "run_metrics", "run_latest_metrics", "run_inputs", "artifacts")
+    return db.read(lambda c: {name: list(c.execute(f"SELECT * FROM {name} ORDER BY rowid" if name in ("experiments", "runs", "run_metrics") else f"SELECT * FROM {name}")) for name in tables})
+
+
+@pytest.fixture
+def t(tmp_path):
+    db = Database(tmp_path / "s.sqlite", MIGRATIONS)
+    yield Tracker(db, BlobStore(tmp_path / "blobs"))
+    db.close()
+
+
+def m(key: str, value: float, step: int = 0, ts: int = 1) -> dict:
+    return {"key": key, "value": value, "timestamp": ts, "step": step}
+
+
+def test_default_experiment_exists_and_names_are_unique(t):
+    """Experiment '0' (Default) is always there; a second experiment of the same name is RESOURCE_ALREADY_EXISTS."""
+    assert t.experiment("0").name == "Default"
+    t.create_experiment("x")
+    with pytest.raises(Conflict) as info:
+        t.create_experiment("x")
+    assert info.value.code == "RESOURCE_ALREADY_EXISTS"
+    with pytest.raises(NotFound) as info:
+        t.experiment("999")
+    assert info.value.code == "RESOURCE_DOES_NOT_EXIST"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"metrics": [m("k", 1.0, i) for i in range(1001)]}, "metrics"),
+        ({"params": [{"key": f"p{i}", "value": "v"} for i in range(101)]}, "params"),
+        ({"tags": [{"key": f"t{i}", "value": "v"} for i in range(101)]}, "tags"),
+        ({"metrics": [m("k", 1.0, i) for i in range(950)], "params": [{"key": f"p{i}", "value": "v"} for i in range(51)]}, "metrics"),
+        ({"params": [{"key": "k" * 251, "value": "v"}]}, "params[0].key"),
+        ({"params": [{"key": "p", "value": "v" * 6001}]}, "params[0].value"),
+        ({"tags": [{"key": "t", "value": "v" * 8001}]}, "tags[0].value"),
+        ({"metrics": [m("../up", 1.0)]}, "metrics[0].key"),
+        ({"metrics": [{"key": "k", "value": "high", "timestamp": 1, "step": 0}]}, "metrics[0].value"),
+        ({"metrics": [{"key": "k", "value": 1.0, "timestamp": 1, "step": 1.5}]}, "metrics[0].step"),
+        ({"params": [{"key": "p", "value": "a"}, {"key": "p", "value": "b"}]}, "params[1].value"),
+    ],
+)
+def test_limits_are_refused_naming_the_field_and_nothing_is_written(t, kwargs, field):
+    """A batch over MLflow's limits is INVALID_PARAMETER_VALUE naming the field, and the database is untouched."""
+    run = t.create_run("0").info.run_id
+    before = snapshot(t.db)
+    with pytest.raises(InvalidInput) as info:
+        t.log_batch(run, **kwargs)
+    assert info.value.field == field and info.value.code == "INVALID_PARAMETER_VALUE"
+    assert snapshot(t.db) == before
+
+
+def test_a_batch_failing_late_leaves_nothing_behind(t):
+    """A param conflict found inside the transaction rolls back the metrics and tags of the same batch."""
+    run = t.create_run("0").info.run_id
+    t.log_batch(run, params=[{"key": "lr", "value": "0.1"}])
+    before = snapshot(t.db)
+    with pytest.raises(InvalidInput, match="Changing param values is not allowed"):
+        t.log_batch(run, metrics=[m("loss", 1.0)], params=[{"key": "lr", "value": "0.2"}], tags=[{"key": "x", "value": "y"}])
+    assert snapshot(t.db) == before
+    t.log_batch(run, params=[{"key": "lr", "value": "0.1"}])  # the same value again is fine
+
+
+def test_finished_and_deleted_runs_take_no_writes_until_resumed(t):
+    """A FINISHED run refuses writes; setting it RUNNING again (start_run(run_id=...)) accepts them; a deleted run refuses them."""
+    run = t.create_run("0").info.run_id
+    t.update_run(run, status="FINISHED")
+    assert t.get_run(run).info.end_time is not None
+    with pytest.raises(InvalidInput, match="FINISHED"):
+        t.log_batch(run, metrics=[m("k", 1.0)])
+    t.update_run(run, status="RUNNING")
+    t.log_batch(run, metrics=[m("k", 1.0)])
+    t.set_run_deleted(run, True)
+    with pytest.raises(InvalidInput, match="active"):
+        t.log_batch(run, metrics=[m("k", 2.0)])
+    assert t.search_runs(["0"], view_type="DELETED_ONLY")[0][0].info.run_id == run
+
+
+entries = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 3), st.sampled_from([0.0, 1.0, -2.5, 3.0, math.nan, math.inf])), min_size=1, max_size=30
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries, st.integers(1, 7))
+def test_latest_metric_and_paged_history(t, values, page):
+    """The run's metric is the one with the largest (step, timestamp, value); paging the history returns every distinct entry once."""
+    run = t.create_run("0").info.run_id
+    t.log_batch(run, metrics=[m("k", v, step, ts) for step, ts, v in values])
+    latest = next(x for x in t.get_run(run).data["metrics"] if x["key"] == "k")
+    key = lambda e: (e[0], e[1], -math.inf if math.isnan(e[2]) else e[2])  # noqa: E731
+    step, ts, value = max(values, key=key)
+    assert (latest["step"], latest["timestamp"]) == (step, ts)
+    stored = 1.7976931348623157e308 if value == math.inf else value
+    assert (math.isnan(latest["value"]) and math.isnan(value)) or latest["value"] == stored
+    seen, token = [], None
+    while True:
+        chunk, token = t.metric_history(run, "k", page, token)
+        assert len(chunk) <= page
+        seen += chunk
+        if token is None:
+            break
+    distinct = {(s, ts_, "nan" if math.isnan(v) else v) for s, ts_, v in values}
+    assert len(seen) == len(distinct)
+    assert [(x.step, x.timestamp) for x in seen] == sorted((x.step, x.timestamp) for x in seen)
+
+
+def test_registration_links_run_and_version_both_ways(t, tmp_path):
+    """A version registered from run artifacts carries the run, its params and dataset digests; the run lists the version."""
+    run = t.create_run("0").info.run_id
+    t.log_batch(run, params=[{"key": "lr", "value": "0.1"}], metrics=[m("auc", 0.9)])
+    t.log_inputs(run, [{"dataset": {"name": "train", "digest": "d1", "source_type": "local", "source": "x"}}])
+    art = t.get_run(run).info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    f = tmp_path / "MLmodel"
+    f.write_text("flavors: {}\n")
+    t.put_artifact(f"{art}/model/MLmodel", f)
+    rec = t.register_from_artifacts("churn", f"{art}/model", run_id=run, description="", actor="test")
+    assert rec.version == 1 and [x.path for x in rec.files] == ["MLmodel"]
+    assert rec.lineage["run_id"] == run and rec.lineage["params"] == {"lr": "0.1"} and rec.lineage["dataset_digests"] == ["d1"]
+    assert t.registered_versions(run) == [{"model": "churn", "version": 1}]
+    assert {x["key"]: x["value"] for x in t.get_run(run).data["tags"]}["shepherd.registered_versions"] == "churn/1"
+
+
+def test_artifact_paths_cannot_escape(t, tmp_path):
+    """Artifact paths with .. or a leading / are refused."""
+    f = tmp_path / "x"
+    f.write_text("x")
+    for bad in ("../x", "a/../../x", "/etc/passwd"):
+        with pytest.raises(InvalidInput):
+            t.put_artifact(bad, f)
