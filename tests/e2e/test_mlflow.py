@@ -60,6 +60,7 @@ with mlflow.start_run(run_name="parent", tags={"team": "ml"}) as parent:
     out["model_uri"] = info.model_uri
 
 run_id = parent.info.run_id
+out["run_id"], out["child_id"] = run_id, child.info.run_id
 run = client.get_run(run_id)
 out["params"] = run.data.params
 out["metrics"] = run.data.metrics
@@ -167,6 +168,25 @@ def test_mlflow_client_end_to_end(live):
     assert out["bad_filter"] == "INVALID_PARAMETER_VALUE"
     assert out["param_same"] is None and out["param_change"] == "INVALID_PARAMETER_VALUE"
     assert out["deleted_hidden"] and out["restored"]
+
+    # the same data through Shepherd's own CLI
+    from tests.e2e.test_server import cli
+
+    tok = token(cfg, "viewer")
+    code, text = cli(srv.url, tok, "runs", "list", "--experiment", "e2e", "--filter", "metrics.acc > 0.5 and params.optimizer = 'adam'")
+    assert code == 0 and out["run_id"] in text and out["child_id"] not in text
+    code, text = cli(srv.url, tok, "runs", "show", out["run_id"])
+    assert code == 0 and "registered: e2e-model version 1" in text and "lr = 0.01" in text and "dataset: train" in text
+    code, text = cli(srv.url, tok, "runs", "compare", out["run_id"], out["child_id"], "--json")
+    compared = json.loads(text)
+    assert compared["params"]["lr"] == ["0.01", None] and compared["metrics"]["child_metric"] == [None, 1.0]
+    code, text = cli(srv.url, tok, "runs", "history", out["run_id"], "loss", "--json")
+    assert [m["step"] for m in json.loads(text)["metrics"]] == [0, 1, 2, 3, 4]
+    code, text = cli(srv.url, tok, "runs", "list", "--experiment", "e2e", "--filter", "metrics.acc >> 1")
+    assert code != 0 and "needs a number" in text
+    code, text = cli(srv.url, tok, "models", "show", "e2e-model", "1", "--json")
+    lineage = json.loads(text)["lineage"]
+    assert lineage["run_id"] == out["run_id"] and lineage["params"]["optimizer"] == "adam" and lineage["dataset_digests"] == ["sha256:abc123"]
 
 
 AUTH = textwrap.dedent('''
