@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import duckdb
 import numpy as np
@@ -63,8 +63,9 @@ def lock_data_dir(data_dir: Path) -> TextIO:
 class Appliance:
     """Stores, importer, authenticator and deployments for one data directory."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what a reload re-reads (None: the built-in defaults)
         self._lock = lock_data_dir(config.data_dir)
         self.db = open_database(config)
         self.blobs = BlobStore(config.data_dir / "blobs")
@@ -86,6 +87,18 @@ class Appliance:
             PredictionLog(self.events, mon, self.monitor.layout_of, self.metrics.registry) if mon.prediction_log else None
         )
         self.ready = False
+
+    def reload(self) -> Any:
+        """Re-read the config file and policies, validate, apply what can change live (shepherd.reload)."""
+        from shepherd.reload import reload
+
+        return reload(self, self.config_path)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: deployments and loaded versions."""
+        deps = self.deployments.deployments
+        loaded = sum(len(d.slots.loaded()) for d in deps.values())
+        return f"serving {len(deps)} deployment(s), {loaded} version(s) loaded"
 
     def version_info(self, model: str, version: int) -> tuple[dict, dict, dict | None]:
         """A version's signature, bundle metrics and reference table (column -> array, None without one)."""

@@ -3,6 +3,7 @@ drift, performance, feedback, reference, predictions, experiments, runs."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import getpass
 import json
@@ -113,21 +114,25 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
     from shepherd import log
     from shepherd.app import create_app
     from shepherd.appliance import Appliance
+    from shepherd.notify import Notifier
 
     cfg = _load_config(config_path)
     log.configure(cfg.logging.level, cfg.logging.format)
+    notifier = Notifier()
     try:
-        appliance = Appliance(cfg)
+        appliance = Appliance(cfg, config_path)
     except ShepherdError as err:
+        notifier.status(f"failed: {err.message}")
         _fail(err.message, 2)
     try:
+        notifier.status("starting: recovering stores, loading deployed models")
         appliance.start()
         for bundle in imports:
             try:
                 appliance.importer.import_file(bundle, actor=f"local:{getpass.getuser()}")
             except ShepherdError as err:
                 _fail(f"{bundle}: {err.message}", 2)
-        server = uvicorn.Server(
+        server = _server(
             uvicorn.Config(
                 create_app(cfg, appliance=appliance),
                 host=cfg.server.host,
@@ -137,7 +142,9 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
                 log_config=None,
                 access_log=False,
                 lifespan="on",
-            )
+            ),
+            appliance,
+            notifier,
         )
         # Start-up leaves ~100k long-lived objects (modules, sessions); freezing them keeps full
         # garbage collections (tens of ms each) out of the request path's tail latency.
@@ -155,7 +162,56 @@ def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
         if not server.started:
             sys.exit(3)
     finally:
+        notifier.stopping()
         appliance.close()
+        notifier.close()
+
+
+def _server(config: Any, appliance: Any, notifier: Any) -> Any:
+    """A uvicorn.Server that tells systemd when it is ready (socket bound, deployed models warm),
+    pings the watchdog from the event loop, and reloads config and policies on SIGHUP."""
+    import uvicorn
+
+    from shepherd.notify import watchdog, watchdog_interval
+
+    class Server(uvicorn.Server):
+        _watchdog: asyncio.Task | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(appliance, notifier)))
+            interval = watchdog_interval()
+            if interval:
+                self._watchdog = loop.create_task(watchdog(notifier, interval))
+            notifier.ready(appliance.status_line())
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            notifier.stopping()
+            notifier.status("stopping: draining in-flight requests")
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+async def _reload(appliance: Any, notifier: Any) -> None:
+    """SIGHUP: validate and apply the config and policy files; on error keep the old ones and say so."""
+    import anyio
+    import structlog
+
+    notifier.reloading()
+    try:
+        result = await anyio.to_thread.run_sync(appliance.reload)
+    except ShepherdError as err:
+        structlog.get_logger().error("config_reload_refused", error=err.message)
+        notifier.send("READY=1", f"STATUS=reload refused (old config still in force): {err.message}"[:1000])
+        return
+    extra = f"; restart needed for {', '.join(result.restart_required)}" if result.restart_required else ""
+    notifier.send("READY=1", f"STATUS={appliance.status_line()}; reloaded{extra}"[:1000])
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:
@@ -700,6 +756,19 @@ def predictions_export(client: Any, as_json: bool, deployment: str, dest: Path, 
     rows = headers.get("x-rows", "?")
     _print_json({"path": str(dest), "rows": int(rows)}) if as_json else click.echo(f"wrote {rows} rows to {dest}")
 
+
+
+@remote_command(main, "reload")
+def reload_cmd(client: Any, as_json: bool) -> None:
+    """Re-read the server's config and policy files, as SIGHUP does (admin token); an invalid file is refused."""
+    res = client.request("POST", "/api/v1/admin/reload")
+    if as_json:
+        return _print_json(res)
+    click.echo(f"reloaded: {len(res['applied'])} setting(s) applied, {len(res['policies'])} policy file(s) checked")
+    for key in res["applied"]:
+        click.echo(f"  applied: {key}")
+    for key in res["restart_required"]:
+        click.echo(f"  needs a restart: {key}")
 
 
 # -------------------------------------------------------------------------------------- tracking

@@ -53,6 +53,13 @@ class AdminController(Controller):
             lambda c: audit.query(c, actor=actor_name, action=action, target=target, after_id=after, limit=limit)
         )
 
+    @post("/admin/reload", status_code=200)
+    async def reload(self, request: Request) -> dict:
+        """Re-read the config file and policy files (as SIGHUP does): validated first, an invalid file changes nothing (400)."""
+        appl = _app(request)
+        result = await anyio.to_thread.run_sync(appl.reload)
+        return msgspec.to_builtins(result)
+
     @get("/tokens")
     async def list_tokens(self, request: Request) -> list[token_store.TokenRecord]:
         """Every token's record (never its secret)."""

@@ -150,6 +150,10 @@ class Monitor:
             log.info("policy_reloaded", deployment=deployment, file=str(path) if path else None)
         return policy
 
+    def forget_policies(self) -> None:
+        """Re-read every policy file on next use (a reload)."""
+        self._policies.clear()
+
     def layout_of(self, model: str, version: int, signature: dict[str, Any] | None = None) -> Layout:
         key = (model, version)
         layout = self._layouts.get(key)

@@ -100,6 +100,7 @@ CASES = [
     Case("POST", "/api/v1/bundles", "/api/v1/bundles", "operator", {200, 201}, body="bundle"),
     Case("GET", "/api/v1/audit", "/api/v1/audit", "admin", {200}),
     Case("GET", "/api/v1/tokens", "/api/v1/tokens", "admin", {200}),
+    Case("POST", "/api/v1/admin/reload", "/api/v1/admin/reload", "admin", {200}),
     Case("POST", "/api/v1/tokens", "/api/v1/tokens", "admin", {201}, body={"role": "viewer", "name": "ci"}),
     Case("DELETE", "/api/v1/tokens/{token_id:str}", "/api/v1/tokens/{victim}", "admin", {200}, setup=_new_token),
     Case("GET", "/api/v1/deployments", "/api/v1/deployments", "viewer", {200}),
