@@ -771,6 +771,33 @@ def reload_cmd(client: Any, as_json: bool) -> None:
         click.echo(f"  needs a restart: {key}")
 
 
+@remote_command(main, "backup")
+@click.argument("dest", type=PathArg)
+def backup_cmd(client: Any, as_json: bool, dest: Path) -> None:
+    """Have the running server write a consistent online backup to DEST, a new or empty directory on its machine (admin token)."""
+    res = client.request("POST", "/api/v1/admin/backup", json={"dest": str(dest.expanduser().resolve())})
+    _print_json(res) if as_json else click.echo(f"backup written to {res['dest']} ({res['files']} files, schema {res['schema_version']})")
+
+
+@main.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_option
+@handle_errors
+def restore_cmd(src: Path, config_path: Path | None) -> None:
+    """Check backup SRC against its manifest, then restore it into the (empty) data directory of the config (server stopped)."""
+    from shepherd import backup as backup_mod
+    from shepherd.appliance import lock_data_dir
+
+    cfg = _load_config(config_path)
+    data_dir = cfg.data_dir
+    lock = lock_data_dir(data_dir)  # refuses while a server runs on it
+    try:
+        manifest = backup_mod.restore(src, data_dir)
+    finally:
+        lock.close()
+    click.echo(f"restored {len(manifest.files)} files from {src} (made {manifest.created_at}) into {data_dir}")
+
+
 # -------------------------------------------------------------------------------------- tracking
 @main.group("experiments")
 def experiments_group() -> None:

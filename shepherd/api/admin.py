@@ -23,6 +23,15 @@ class TokenBody(msgspec.Struct, forbid_unknown_fields=True):
     """A label saying who or what uses the token."""
 
 
+class BackupBody(msgspec.Struct, forbid_unknown_fields=True):
+    dest: str
+    """Absolute path of a new or empty directory on the server's machine."""
+
+    def __post_init__(self) -> None:
+        if not self.dest.startswith("/"):
+            raise ValueError("dest must be an absolute path on the server's machine")
+
+
 class CreatedToken(msgspec.Struct, kw_only=True):
     token: str
     """The secret token; shown only in this response."""
@@ -59,6 +68,20 @@ class AdminController(Controller):
         appl = _app(request)
         result = await anyio.to_thread.run_sync(appl.reload)
         return msgspec.to_builtins(result)
+
+    @post("/admin/backup", status_code=200)
+    async def backup(self, request: Request, data: JSONBody[BackupBody]) -> dict:
+        """Write a consistent online backup to a directory on this machine (new or empty), while serving."""
+        from pathlib import Path
+
+        from shepherd import backup as backup_mod
+
+        appl = _app(request)
+        manifest = await anyio.to_thread.run_sync(lambda: backup_mod.backup(appl, Path(data.dest)))
+        who = actor(request)
+        await appl.db.awrite(lambda c: audit.append(c, actor=who, action="backup.create", target=data.dest,
+                                                     after={"files": len(manifest.files)}))
+        return {"dest": data.dest, "files": len(manifest.files), "schema_version": manifest.schema_version, "created_at": manifest.created_at}
 
     @get("/tokens")
     async def list_tokens(self, request: Request) -> list[token_store.TokenRecord]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ CASES = [
     Case("GET", "/api/v1/audit", "/api/v1/audit", "admin", {200}),
     Case("GET", "/api/v1/tokens", "/api/v1/tokens", "admin", {200}),
     Case("POST", "/api/v1/admin/reload", "/api/v1/admin/reload", "admin", {200}),
+    Case("POST", "/api/v1/admin/backup", "/api/v1/admin/backup", "admin", {200}, body={"dest": tempfile.mkdtemp(prefix="shepherd-authz-backup-")}),
     Case("POST", "/api/v1/tokens", "/api/v1/tokens", "admin", {201}, body={"role": "viewer", "name": "ci"}),
     Case("DELETE", "/api/v1/tokens/{token_id:str}", "/api/v1/tokens/{victim}", "admin", {200}, setup=_new_token),
     Case("GET", "/api/v1/deployments", "/api/v1/deployments", "viewer", {200}),
