@@ -153,14 +153,21 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+BUDGET = {"seconds": 0.0}  # --latency-budget: a figure stops early once this many seconds are spent (never under MIN_CALLS)
+MIN_CALLS = 10
+
+
 def timed(fn, calls: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
-    out = []
+    out: list[float] = []
+    start = time.perf_counter()
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+        if BUDGET["seconds"] and len(out) >= MIN_CALLS and time.perf_counter() - start > BUDGET["seconds"]:
+            break
     return out
 
 
@@ -273,8 +280,9 @@ def phase_search(args) -> dict:
                       "m_3": first.data.metrics.get("m_3"), "status": first.info.status}
         body = {"experiment_ids": [exp], "filter": flt, "run_view_type": "ACTIVE_ONLY", "max_results": args.max_results, "order_by": order}
         size = len(raw.call("POST", "/api/2.0/mlflow/runs/search", body))
-        lat_client = timed(lambda: c.search_runs([exp], flt, order_by=order, max_results=args.max_results), args.calls, args.warmup)
-        lat_raw = timed(lambda: raw.call("POST", "/api/2.0/mlflow/runs/search", body), args.calls, args.warmup)
+        lat_client = timed(lambda f=flt, o=order: c.search_runs([exp], f, order_by=o, max_results=args.max_results),
+                           args.client_calls, args.warmup)
+        lat_raw = timed(lambda b=body: raw.call("POST", "/api/2.0/mlflow/runs/search", b), args.calls, args.warmup)
         out["variants"][which] = {
             "filter": flt, "order_by": order, "matched": len(names), "names": names, "m_7": values, "pages": pages,
             "top": [r.info.run_name for r in top], "sample": sample, "response_bytes": size,
@@ -304,7 +312,7 @@ def phase_history(args) -> dict:
         rid = picks[next(it) % len(picks)][1]
         raw.call("GET", f"/api/2.0/mlflow/metrics/get-history?run_id={rid}&metric_key={HISTORY_KEY}&max_results=25000")
 
-    return {"checked": len(picks), "bad": bad, "client": percentiles(timed(call_client, args.calls, args.warmup)),
+    return {"checked": len(picks), "bad": bad, "client": percentiles(timed(call_client, args.client_calls, args.warmup)),
             "raw": percentiles(timed(call_raw, args.calls, args.warmup))}
 
 
@@ -318,11 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--total", type=int, default=0)
     ap.add_argument("--calls", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--client-calls", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--max-results", type=int, default=100)
+    ap.add_argument("--latency-budget", type=float, default=0.0, help="seconds per latency figure (0: no limit)")
     ap.add_argument("--run-ids", type=Path)
     ap.add_argument("--server-sid", type=int, default=0, help="session id of the server's processes, for their CPU time")
     args = ap.parse_args(argv)
+    BUDGET["seconds"] = args.latency_budget
     fn = {"log": phase_log, "grow": phase_grow, "search": phase_search, "history": phase_history}[args.phase]
     args.out.write_text(json.dumps(fn(args)))
     return 0

@@ -36,14 +36,15 @@ set_terminated adds a get_run to print a link). Phases, in order:
               --threads client threads (default 1: one training script logging sequentially).
   search@N    correctness first: every run the query matches, paged 1000 at a time, must equal
               the list computed from the generator (values are a function of run, metric, step),
-              so both servers return the same runs in the same order. Then --calls timed calls
-              (after 5 warm-up calls) of search_runs(filter, order_by, max_results=100) for
+              so both servers return the same runs in the same order. Then, after 3 warm-up
+              calls each, search_runs(filter, order_by, max_results=100) for
                 metric        "metrics.m_3 > 0.5", order_by ["metrics.m_7 DESC"]
                 metric+param  "metrics.m_3 > 0.5 and params.p_1 = '3'", same order
-              through the mlflow client and as the raw HTTP request (same JSON body on one
-              keep-alive connection, response read but not parsed: the server's latency).
+              --calls times as the raw HTTP request (the client's JSON body on one keep-alive
+              connection, response read but not parsed: the server's latency), and
+              --client-calls times through MlflowClient.search_runs (plus the client's decoding).
   history     get_metric_history of m_5 (10 steps) of 50 runs: checked value by value, then
-              --calls timed calls (client and raw HTTP).
+              timed the same way (--calls raw, --client-calls through the client).
   grow        more runs up to --search-runs, identically on every target: --grow-threads client
               threads (default 4), each run create_run + one log_batch of the same 10 params and
               100 metrics at one step (one request), left RUNNING. So search sees the same
@@ -62,8 +63,6 @@ import json
 import os
 import platform
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,9 +73,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import _tracking_client as tc  # noqa: E402
-from benchmarks.asgi import free_port, table, version  # noqa: E402
-from benchmarks.serving import Target, children_seconds, cli, http, machine_busy_seconds, venv_version, wait_quiet  # noqa: E402
+from benchmarks import _tracking_client as tc
+from benchmarks.asgi import table, version
+from benchmarks.serving import (
+    Target,
+    children_seconds,
+    cli,
+    http,
+    machine_busy_seconds,
+    venv_version,
+    wait_quiet,
+)
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -94,7 +101,7 @@ def ensure_mlflow_venv(venv: Path) -> Path:
     """The MLflow venv's `mlflow` executable; the venv is created (python3 -m venv + pip) on first use."""
     exe = venv / "bin" / "mlflow"
     probe = [str(venv / "bin" / "python"), "-c", "import mlflow.server, sqlalchemy, uvicorn, uvloop, httptools"]
-    if exe.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+    if exe.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return exe
     print(f"setting up MLflow's own virtual environment in {venv} (pip install {' '.join(MLFLOW_PACKAGES)}) ...", flush=True)
     if not (venv / "bin" / "python").exists():
@@ -122,7 +129,7 @@ async def stub_app(scope, receive, send) -> None:
     out: dict = {}
     if path.endswith("/experiments/create"):
         out = {"experiment_id": "1"}
-    elif path.endswith("/runs/create") or path.endswith("/runs/update"):
+    elif path.endswith(("/runs/create", "/runs/update")):
         req = json.loads(body or b"{}")
         run_id = req.get("run_id") or os.urandom(16).hex()
         info = {"run_id": run_id, "run_uuid": run_id, "run_name": req.get("run_name") or "stub", "experiment_id": req.get("experiment_id", "1"),
@@ -220,7 +227,7 @@ def phase(t: Server, name: str, *args: str, quiet: tuple[float, float]) -> dict:
     out = t.dir / f"{name}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, str(HERE / "_tracking_client.py"), name, "--out", str(out), "--server-sid", str(t.proc.pid), *args]
     t0, busy0, srv0, kids0 = time.monotonic(), machine_busy_seconds(), t.cpu_seconds(), children_seconds()
-    res = subprocess.run(cmd, env=t.client_env(), cwd=t.dir, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=t.client_env(), cwd=t.dir, capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
     other = (machine_busy_seconds() - busy0 - (t.cpu_seconds() - srv0) - (children_seconds() - kids0)) / wall
     if res.returncode:
@@ -274,12 +281,12 @@ def ratio(a: float, b: float) -> str:
 def machine_lines(targets: list[str], mlflow_venv: Path | None) -> list[str]:
     cpu = "?"
     try:
-        cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1)
+        cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE).group(1)
     except (OSError, AttributeError):
         pass
     mem = "?"
     try:
-        kb = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1))
+        kb = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1))
         mem = f"{kb / 1024**2:.1f} GiB"
     except (OSError, AttributeError):
         pass
@@ -297,7 +304,7 @@ def machine_lines(targets: list[str], mlflow_venv: Path | None) -> list[str]:
     if mlflow_venv is not None and any(t.startswith("mlflow") for t in targets):
         mv = ", ".join(f"{p} {venv_version(mlflow_venv, p)}" for p in ("mlflow", "sqlalchemy", "alembic", "fastapi", "flask", "uvicorn", "uvloop", "httptools"))
         sq = subprocess.run([str(mlflow_venv / "bin" / "python"), "-c", "import sqlite3; print(sqlite3.sqlite_version)"],
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True, check=False).stdout.strip()
         lines.append(f"mlflow venv: {mv}; SQLite {sq}")
     client = ", ".join(f"{p} {version(p)}" for p in ("mlflow-skinny", "mlflow", "requests", "protobuf") if version(p) != "-")
     lines.append(f"client: {client} (in {sys.executable}); local SQLite {sqlite3.sqlite_version}")
@@ -352,17 +359,20 @@ def report(targets: list[str], logs: dict, searches: dict, histories: dict, grow
             for name in targets:
                 v = res[name]["variants"][which]
                 rows.append([which, name, str(v["matched"]), fmt(v["raw"]["p50_ms"], 2), fmt(v["raw"]["p95_ms"], 2),
-                             fmt(v["client"]["p50_ms"], 1), fmt(v["client"]["p95_ms"], 1), f"{v['response_bytes'] / 1024:,.0f}"])
+                             fmt(v["client"]["p50_ms"], 1), fmt(v["client"]["p95_ms"], 1), f"{v['raw']['n']}/{v['client']['n']}",
+                             f"{v['response_bytes'] / 1024:,.0f}"])
             if shepherd:
                 sv = res[shepherd]["variants"][which]
                 for b in bases:
                     bv = res[b]["variants"][which]
                     rows.append([which, f"{b}/shepherd", "", ratio(bv["raw"]["p50_ms"], sv["raw"]["p50_ms"]),
                                  ratio(bv["raw"]["p95_ms"], sv["raw"]["p95_ms"]), ratio(bv["client"]["p50_ms"], sv["client"]["p50_ms"]),
-                                 ratio(bv["client"]["p95_ms"], sv["client"]["p95_ms"]), ""])
-        out.append(f"\nsearch_runs at {size:,} runs, max_results={args.max_results}, {args.calls} timed calls each "
-                   "(raw = the same request over one keep-alive HTTP connection, response not parsed; client = MlflowClient.search_runs):")
-        out.append(table(["query", "target", "matched", "raw p50 ms", "raw p95 ms", "client p50 ms", "client p95 ms", "response KiB"], rows))
+                                 ratio(bv["client"]["p95_ms"], sv["client"]["p95_ms"]), "", ""])
+        out.append(f"\nsearch_runs at {size:,} runs, max_results={args.max_results}; raw = up to {args.calls} timed calls of the same request over "
+                   f"one keep-alive HTTP connection, response read but not parsed; client = up to {args.client_calls} timed "
+                   f"MlflowClient.search_runs calls (each figure stops after {args.latency_budget:g} s, never under 10 calls):")
+        out.append(table(["query", "target", "matched", "raw p50 ms", "raw p95 ms", "client p50 ms", "client p95 ms", "calls raw/client",
+                          "response KiB"], rows))
         if shepherd and size == max(searches):
             v = res[shepherd]["variants"]["metric"]
             p95 = v["raw"]["p95_ms"]
@@ -380,7 +390,8 @@ def report(targets: list[str], logs: dict, searches: dict, histories: dict, grow
                          ratio(histories[b]["raw"]["p95_ms"], histories[shepherd]["raw"]["p95_ms"]),
                          ratio(histories[b]["client"]["p50_ms"], histories[shepherd]["client"]["p50_ms"]),
                          ratio(histories[b]["client"]["p95_ms"], histories[shepherd]["client"]["p95_ms"])])
-    out.append(f"\nget_metric_history({tc.HISTORY_KEY!r}, {tc.N_STEPS} steps) at {args.runs:,} runs, {args.calls} timed calls over 50 runs:")
+    out.append(f"\nget_metric_history({tc.HISTORY_KEY!r}, {tc.N_STEPS} steps) at {args.runs:,} runs, over 50 runs ({args.calls} raw, "
+               f"{args.client_calls} client calls):")
     out.append(table(["target", "raw p50 ms", "raw p95 ms", "client p50 ms", "client p95 ms"], rows))
 
     if grows:
@@ -400,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-runs", type=int, default=10_000, help="runs for the second search measurement (default 10000; <= --runs skips it)")
     ap.add_argument("--threads", type=int, default=1, help="client threads for the timed logging scenario (default 1)")
     ap.add_argument("--grow-threads", type=int, default=4, help="client threads for creating the extra runs (default 4)")
-    ap.add_argument("--calls", type=int, default=50, help="timed calls per latency figure (default 50, after 5 warm-up calls)")
+    ap.add_argument("--calls", type=int, default=50, help="timed raw HTTP calls per latency figure (default 50, after 3 warm-up calls)")
+    ap.add_argument("--client-calls", type=int, default=20, help="timed mlflow-client calls per latency figure (default 20, after 3 warm-up calls)")
+    ap.add_argument("--latency-budget", type=float, default=30.0,
+                    help="stop a latency figure once it has taken this many seconds, after at least 10 calls (default 30; 0 = no limit): "
+                         "MLflow's search at 10k runs takes seconds per call")
     ap.add_argument("--max-results", type=int, default=100, help="max_results of the timed searches (default 100)")
     ap.add_argument("--targets", default=DEFAULT_TARGETS, help=f"comma list from {', '.join(TARGETS)} (default {DEFAULT_TARGETS})")
     ap.add_argument("--mlflow-venv", type=Path, default=DEFAULT_MLFLOW_VENV,
@@ -412,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every raw result here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.single, args.search_runs, args.calls = 40, 20, 200, 10
+        args.runs, args.single, args.search_runs, args.calls, args.client_calls = 40, 20, 200, 10, 10
     targets = [s.strip() for s in args.targets.split(",") if s.strip()]
     if unknown := set(targets) - set(TARGETS):
         ap.error(f"unknown target(s): {', '.join(sorted(unknown))}")
@@ -462,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             def search_phase(total: int) -> None:
                 res = {}
                 for name, t in real.items():
-                    res[name] = phase(t, "search", "--calls", str(args.calls), "--max-results", str(args.max_results), quiet=quiet)
+                    res[name] = phase(t, "search", "--calls", str(args.calls), "--client-calls", str(args.client_calls),
+                                      "--max-results", str(args.max_results), "--latency-budget", str(args.latency_budget), quiet=quiet)
                     v = res[name]["variants"]["metric"]
                     print(f"{clock()} search@{total} {name:<10} matched {v['matched']}, raw p50 {v['raw']['p50_ms']:.2f} / p95 "
                           f"{v['raw']['p95_ms']:.2f} ms, client p50 {v['client']['p50_ms']:.1f} / p95 {v['client']['p95_ms']:.1f} ms "
@@ -472,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
 
             search_phase(args.runs)
             for name, t in real.items():
-                h = phase(t, "history", "--run-ids", str(t.dir / "run_ids.json"), "--calls", str(args.calls), quiet=quiet)
+                h = phase(t, "history", "--run-ids", str(t.dir / "run_ids.json"), "--calls", str(args.calls),
+                          "--client-calls", str(args.client_calls), "--latency-budget", str(args.latency_budget), quiet=quiet)
                 histories[name] = h
                 if h["bad"]:
                     problems.append(f"{name}: get_metric_history differs from the logged values for {len(h['bad'])} runs: {h['bad'][:2]}")
@@ -503,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{n} {p} {o:.2f}" for n, p, o in NOISY) + "; rerun on a quiet machine", file=sys.stderr)
     print(f"total time {time.monotonic() - started:.0f} s")
     if args.json:
-        strip = lambda d: {k: v for k, v in d.items() if k != "run_ids"}  # noqa: E731
+        strip = lambda d: {k: v for k, v in d.items() if k != "run_ids"}
         for res in searches.values():
             for r in res.values():
                 for v in r["variants"].values():

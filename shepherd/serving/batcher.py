@@ -5,7 +5,9 @@ The event loop only enqueues and awaits a future; the worker thread concatenates
 requests along the first axis, runs ONNX Runtime (which releases the GIL) and splits the outputs.
 
 One exception, `run_inline`: a lone request to a model whose warm-up median is at most
-`inline_max_us` runs on the calling thread. Handing a request to the worker and back costs two
+`inline_max_us` runs on the calling thread. "Lone" means nothing else is in flight for the
+version after the caller has yielded to the event loop once (inference.infer does), so the
+requests that arrived together start first and batch. Handing a request to the worker and back costs two
 thread wake-ups (60-90 µs on a 2-vCPU VM), many times what such a model needs, and with nothing
 else in flight there is nothing to batch it with. A version whose inline runs mostly exceed the
 budget stops running inline.
@@ -29,6 +31,7 @@ from shepherd.serving.engine import ModelSession
 log = structlog.get_logger()
 _STOP = object()
 INLINE_ROUND = 64
+INLINE_RETRY_S = 30.0
 
 
 class Overloaded(ShepherdError):
@@ -90,12 +93,13 @@ class Batcher:
         self.observe = observe
         self.inline_budget = inline_max_us / 1e6
         # Inline runs are checked in rounds of INLINE_ROUND: when most runs of a round took longer
-        # than the budget (the median is over it: a model slower than warm-up showed, a busy GPU),
-        # the version stops running inline for good. A few slow runs (a background thread holding
-        # the GIL, a preempted vCPU) do not count against it.
+        # than the budget (the median is over it: a model slower than warm-up showed, a busy GPU or
+        # machine), the version stops running inline for INLINE_RETRY_S, then a new round decides
+        # again. A few slow runs (a background thread holding the GIL) do not count against it.
         self.inline_ok = session.warm_seconds <= self.inline_budget
         self._inline_runs = 0
         self._inline_over = 0
+        self._inline_retry_at = 0.0
         # Requests admitted for this version and not yet answered (set by LoadedVersion). The worker
         # waits for more only while some of them are not in the batch yet: a lone request runs at
         # once instead of paying max_queue_delay_us, and under load batches still fill.
@@ -122,6 +126,8 @@ class Batcher:
         Only when inline runs are on for this model, the caller's request is the only one admitted
         (`in_flight` counts it), nothing is queued, and the request has no more rows than warm-up ran.
         """
+        if not self.inline_ok and self.inline_budget and self._inline_retry_at and time.monotonic() >= self._inline_retry_at:
+            self.inline_ok, self._inline_retry_at = True, 0.0  # a fresh round decides again (the machine may have been busy)
         if not self.inline_ok or self.in_flight is None or self.in_flight() > 1 or self._carry is not None or not self.queue.empty():
             return None
         p = Pending(inputs, asyncio.get_running_loop(), labels)
@@ -135,6 +141,7 @@ class Batcher:
         if self._inline_runs == INLINE_ROUND:
             if self._inline_over * 2 > INLINE_ROUND:
                 self.inline_ok = False
+                self._inline_retry_at = time.monotonic() + INLINE_RETRY_S
                 log.warning("inline_disabled", model=self.session.label, over_budget=self._inline_over, runs=INLINE_ROUND,
                             budget_us=self.inline_budget * 1e6)
             self._inline_runs = self._inline_over = 0

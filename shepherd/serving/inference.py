@@ -104,7 +104,12 @@ async def infer(
         request = codec.decode_request(body, header_length, loaded.signature)
         if loaded.session.batchable:
             check_batch_axis(request.inputs)
-        outputs = loaded.batcher.run_inline(request.inputs, labels)
+        outputs = None
+        if loaded.batcher.inline_ok:
+            # Let the requests whose bytes arrived in the same loop iteration start (and count
+            # themselves in flight) before deciding: under load they batch, alone this one runs inline.
+            await asyncio.sleep(0)
+            outputs = loaded.batcher.run_inline(request.inputs, labels)
         if outputs is None:
             pending: Pending = loaded.batcher.submit(request.inputs, labels)
             bound.queue_depth.set(loaded.batcher.depth())

@@ -113,6 +113,10 @@ def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget():
     inline_runs = s.threads.count(threading.current_thread().name)
     assert inline_runs == INLINE_ROUND, "one round of mostly slow runs switches inline off; the rest go to the worker"
     assert s.threads[-1] == b._thread.name
+    b2, _ = make(FakeSession(5e-6), inline_max_us=50)
+    b2.inline_ok, b2._inline_retry_at = False, time.monotonic() - 1  # switched off a while ago
+    assert asyncio.run(serve(b2, np.ones((1, 3), np.float32))) is not None and b2.inline_ok, "after the pause a new round is tried"
+    b2.stop()
 
 
 def test_a_few_slow_inline_runs_do_not_turn_it_off():
