@@ -8,10 +8,12 @@ MLFLOW_TRACKING_TOKEN (Shepherd only). The parent runs the same phases, with the
 against every target.
 
 Phases:
-  log      create the experiment, then per run: create_run, one log_batch call with 10 params
-           and 100 metrics x 10 steps (the client sends it as two requests: 10 params + 990
-           metrics, then 10 metrics, since a request holds at most 1000 entities), set_terminated;
-           then one more run in a second experiment takes `--single` log_metric calls.
+  log      one round of the logging scenario: per run (--start, --runs): create_run, one log_batch
+           call with 10 params and 100 metrics x 10 steps (the client sends it as two requests:
+           10 params + 990 metrics, then 10 metrics, since a request holds at most 1000 entities),
+           set_terminated; then `--single` log_metric calls into one run of a second experiment.
+           The first round (--start 0) creates both experiments and that run; the last (--last)
+           finishes it and checks its whole history.
   grow     more runs, to reach `--total`: create_run and one log_batch of 10 params and the same
            100 metrics at a single step (one request); left RUNNING.
   search   what the search returns (for the cross-check), then its latency through the mlflow
@@ -180,13 +182,22 @@ def experiment_id(c, name: str) -> str:
 
 # ------------------------------------------------------------------------------ phases
 def phase_log(args) -> dict:
+    """One round of the logging scenario: runs [start, start + runs), then log_metric steps [single_start, single_start + single).
+
+    The first round creates the two experiments and the log_metric run; the last one (--last) finishes that run and
+    checks its whole history."""
     from mlflow.entities import Metric, Param
 
     c = client()
-    exp = c.create_experiment(EXPERIMENT)
-    single_exp = c.create_experiment(SINGLE_EXPERIMENT)
-    ids: list[str | None] = [None] * args.runs
-    latencies = {"create_run": [], "log_batch": [], "set_terminated": []}
+    if args.start == 0:
+        exp = c.create_experiment(EXPERIMENT)
+        single_exp = c.create_experiment(SINGLE_EXPERIMENT)
+        single_run = c.create_run(single_exp, run_name="single-calls").info.run_id
+    else:
+        exp = experiment_id(c, EXPERIMENT)
+        single_run = args.single_run
+    ids: dict[int, str] = {}
+    latencies: dict[str, list[float]] = {"create_run": [], "log_batch": [], "set_terminated": []}
     lock = threading.Lock()
 
     def one(i: int) -> None:
@@ -200,39 +211,41 @@ def phase_log(args) -> dict:
         t2 = time.perf_counter()
         c.set_terminated(rid)
         t3 = time.perf_counter()
-        ids[i] = rid
         with lock:
+            ids[i] = rid
             latencies["create_run"].append(t1 - t0)
             latencies["log_batch"].append(t2 - t1)
             latencies["set_terminated"].append(t3 - t2)
 
+    indices = range(args.start, args.start + args.runs)
     busy0, srv0, cpu0, t0 = machine_busy(), server_cpu(args.server_sid), time.process_time(), time.perf_counter()
     if args.threads == 1:
-        for i in range(args.runs):
+        for i in indices:
             one(i)
     else:
         with ThreadPoolExecutor(args.threads) as ex:
-            list(ex.map(one, range(args.runs)))
+            list(ex.map(one, indices))
     batch_s, batch_cpu, batch_srv = time.perf_counter() - t0, time.process_time() - cpu0, server_cpu(args.server_sid) - srv0
     batch_other = (machine_busy() - busy0 - batch_cpu - batch_srv) / batch_s
 
-    single_run = c.create_run(single_exp, run_name="single-calls").info.run_id
     single_lat = []
     srv0, cpu0, t0 = server_cpu(args.server_sid), time.process_time(), time.perf_counter()
-    for s in range(args.single):
+    for s in range(args.single_start, args.single_start + args.single):
         t1 = time.perf_counter()
         c.log_metric(single_run, "loss", 1.0 / (s + 1), timestamp=BASE_TS + s, step=s)
         single_lat.append(time.perf_counter() - t1)
     single_s, single_cpu, single_srv = time.perf_counter() - t0, time.process_time() - cpu0, server_cpu(args.server_sid) - srv0
-    c.set_terminated(single_run)
-    got = [(m.step, m.value) for m in c.get_metric_history(single_run, "loss")]
-    single_ok = got == [(s, 1.0 / (s + 1)) for s in range(args.single)]
+    single_ok = None
+    if args.last:
+        c.set_terminated(single_run)
+        got = [(m.step, m.value) for m in c.get_metric_history(single_run, "loss")]
+        total = args.single_start + args.single
+        single_ok = got == [(s, 1.0 / (s + 1)) for s in range(total)]
     return {
-        "experiment_id": exp, "run_ids": ids, "single_run": single_run, "single_history_ok": single_ok,
-        "batch_seconds": batch_s, "batch_client_cpu_s": batch_cpu, "batch_server_cpu_s": batch_srv,
-        "batch_other_cpu_per_s": batch_other,
+        "experiment_id": exp, "run_ids": {str(i): r for i, r in ids.items()}, "single_run": single_run, "single_history_ok": single_ok,
+        "batch_seconds": batch_s, "batch_client_cpu_s": batch_cpu, "batch_server_cpu_s": batch_srv, "batch_other_cpu_per_s": batch_other,
         "single_seconds": single_s, "single_client_cpu_s": single_cpu, "single_server_cpu_s": single_srv,
-        "latency": {k: percentiles(v) for k, v in latencies.items()}, "single_latency": percentiles(single_lat),
+        "latencies": latencies, "single_latencies": single_lat,
     }
 
 
@@ -324,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--single-start", type=int, default=0)
+    ap.add_argument("--single-run", default="")
+    ap.add_argument("--last", action="store_true")
     ap.add_argument("--total", type=int, default=0)
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--client-calls", type=int, default=20)

@@ -1,7 +1,7 @@
 """Shepherd vs `mlflow server` (SQLite backend) driven by the same mlflow client, in one run on one machine.
 
-    .venv/bin/python benchmarks/tracking.py [--runs 1000] [--search-runs 10000] [--threads 1]
-                                           [--targets mlflow,shepherd] [--quick]
+    .venv/bin/python benchmarks/tracking.py [--runs 1000] [--search-runs 10000] [--threads 1] [--rounds 4]
+                                           [--targets mlflow,shepherd,stub] [--quick]
 
 Targets, each a fresh server process on 127.0.0.1 over a fresh data directory, all started up
 front and measured phase by phase, one target at a time (the idle one uses no CPU), so that the
@@ -34,6 +34,9 @@ set_terminated adds a get_run to print a link). Phases, in order:
               holds at most 1000 entities), set_terminated; so 4 requests per run. Then 200
               log_metric calls, one request each, into one run of a second experiment.
               --threads client threads (default 1: one training script logging sequentially).
+              It runs in --rounds rounds (default 4: 250 runs and 50 log_metric calls each) per
+              target, the target order rotating every round, so that each round gives a paired
+              ratio from adjacent time slots (this VM's speed drifts); the verdict uses their median.
   search@N    correctness first: every run the query matches, paged 1000 at a time, must equal
               the list computed from the generator (values are a function of run, metric, step),
               so both servers return the same runs in the same order. Then, after 3 warm-up
@@ -51,9 +54,16 @@ set_terminated adds a get_run to print a link). Phases, in order:
               latest-metric, param and tag rows per run as in the first runs, with less history.
   search@M    as search@N, at --search-runs runs.
 
-Targets: Shepherd >= 5x MLflow's throughput on the logging scenario (total wall time of the batch
-part and the 200 log_metric calls), and Shepherd's search_runs p95 < 50 ms at --search-runs runs
-(raw HTTP; the mlflow client's own decoding of 100 runs x 100 metrics is reported beside it).
+Every latency figure stops after --latency-budget seconds (default 30) once it has 10 calls:
+MLflow's search at 10k runs takes seconds per call. Before each phase the script waits (up to
+--quiet-wait s) for the machine to go idle, and it flags phases during which other processes used
+CPU. A default run takes about 20 minutes, most of it MLflow (logging 1000 runs, then building
+9000 more at ~17 runs/s).
+
+Targets: Shepherd >= 5x MLflow's throughput on the logging scenario (wall time of the batch part
+plus the log_metric calls, median of the per-round paired ratios), and Shepherd's search_runs p95
+< 50 ms at --search-runs runs (raw HTTP; the mlflow client's own decoding of 100 runs x 100
+metrics, ~150 ms, is reported beside it and is the same for any server).
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,6 +253,28 @@ def phase(t: Server, name: str, *args: str, quiet: tuple[float, float]) -> dict:
     return doc
 
 
+def split(total: int, parts: int, i: int) -> tuple[int, int]:
+    """(start, count) of part i when `total` items are cut into `parts` consecutive parts."""
+    bounds = [total * k // parts for k in range(parts + 1)]
+    return bounds[i], bounds[i + 1] - bounds[i]
+
+
+def merge_rounds(rounds: list[dict], runs: int) -> dict:
+    """One target's logging rounds as one result (sums, and percentiles over every call), with the rounds kept."""
+    out: dict = {k: sum(r[k] for r in rounds) for k in ("batch_seconds", "batch_client_cpu_s", "batch_server_cpu_s", "single_seconds",
+                                                      "single_client_cpu_s", "single_server_cpu_s")}
+    out["batch_other_cpu_per_s"] = sum(r["batch_other_cpu_per_s"] * r["batch_seconds"] for r in rounds) / out["batch_seconds"]
+    ids: dict[int, str] = {}
+    for r in rounds:
+        ids.update({int(i): rid for i, rid in r["run_ids"].items()})
+    out["run_ids"] = [ids.get(i) for i in range(runs)]
+    out["latency"] = {k: tc.percentiles([x for r in rounds for x in r["latencies"][k]]) for k in rounds[0]["latencies"]}
+    out["single_latency"] = tc.percentiles([x for r in rounds for x in r["single_latencies"]])
+    out["single_history_ok"] = rounds[-1]["single_history_ok"]
+    out["rounds"] = [{k: v for k, v in r.items() if k not in ("run_ids", "latencies", "single_latencies")} for r in rounds]
+    return out
+
+
 def check_search(results: dict[str, dict], runs: int, total: int, max_results: int) -> list[str]:
     """Problems with what the targets' searches returned (each against the generator, so also against each other)."""
     problems = []
@@ -328,27 +361,41 @@ def report(targets: list[str], logs: dict, searches: dict, histories: dict, grow
     head = ["target", "batch s", "runs/s", "metric values/s", "req/s", "server CPU ms/run", "client CPU ms/run",
             "log_batch p50 ms", "log_metric calls/s", "log_metric p50 ms", "scenario s"]
     out.append(f"logging scenario: {n} runs x (create_run, log_batch of 10 params + {tc.N_METRICS} metrics x {tc.N_STEPS} steps, "
-               f"set_terminated), then {args.single} log_metric calls; {args.threads} client thread(s)")
+               f"set_terminated), then {args.single} log_metric calls; {args.threads} client thread(s); in {args.rounds} rounds per target, "
+               "the target order rotating; sums over the rounds")
     out.append(table(head, rows))
 
     verdicts = []
     shepherd = "shepherd" if "shepherd" in targets else None
     bases = [t for t in targets if t.startswith("mlflow")]
     total = {name: logs[name]["batch_seconds"] + logs[name]["single_seconds"] for name in targets}
+
+    def paired(a: str, b: str) -> list[float]:
+        """Per-round ratios of b's scenario time to a's (a's throughput over b's), round i of both being adjacent in time."""
+        return [(rb["batch_seconds"] + rb["single_seconds"]) / (ra["batch_seconds"] + ra["single_seconds"])
+                for ra, rb in zip(logs[a]["rounds"], logs[b]["rounds"])]
+
+    def spread(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f}x ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}x"
+
     rrows = []
     for top in [x for x in ("shepherd", "stub") if x in targets]:
         s = logs[top]
         for b in bases:
             m = logs[b]
             rrows.append([f"{top}/{b}", ratio(m["batch_seconds"], s["batch_seconds"]), ratio(m["single_seconds"], s["single_seconds"]),
-                          ratio(total[b], total[top]), ratio(m["batch_server_cpu_s"], s["batch_server_cpu_s"]) if top != "stub" else "-"])
+                          ratio(total[b], total[top]), spread(paired(top, b)),
+                          ratio(m["batch_server_cpu_s"], s["batch_server_cpu_s"]) if top != "stub" else "-"])
     if rrows:
-        out.append("\n" + table(["throughput ratio", "log_batch part", "log_metric part", "whole scenario", "server CPU per run (inverse)"], rrows))
+        out.append("\n" + table(["throughput ratio", "log_batch part", "log_metric part", "whole scenario (total time)",
+                                 f"per-round median (min-max), {args.rounds} rounds", "server CPU per run (inverse)"], rrows))
     if shepherd:
         for b in bases:
-            thr = total[b] / total[shepherd]
-            ceiling = f"; a server that answers instantly (stub) reaches {total[b] / total['stub']:.2f}x with this client" if "stub" in targets else ""
-            verdicts.append(f"logging scenario ({args.threads} client thread(s)): Shepherd {thr:.2f}x {b}'s throughput: "
+            thr = statistics.median(paired(shepherd, b))
+            ceiling = (f"; the stub (a server that answers at once) reaches {statistics.median(paired('stub', b)):.2f}x with this client"
+                       if "stub" in targets else "")
+            verdicts.append(f"logging scenario ({args.threads} client thread(s)): Shepherd {thr:.2f}x {b}'s throughput (median of "
+                            f"{args.rounds} paired rounds; {total[b] / total[shepherd]:.2f}x on total time): "
                             f"{'MET' if thr >= THROUGHPUT_TARGET else 'MISSED'} (target >= {THROUGHPUT_TARGET:g}x){ceiling}")
     targets = [t for t in targets if t != "stub"]
 
@@ -410,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single", type=int, default=200, help="single log_metric calls in the logging scenario (default 200)")
     ap.add_argument("--search-runs", type=int, default=10_000, help="runs for the second search measurement (default 10000; <= --runs skips it)")
     ap.add_argument("--threads", type=int, default=1, help="client threads for the timed logging scenario (default 1)")
+    ap.add_argument("--rounds", type=int, default=4, help="the logging scenario in this many rounds per target, the target order rotating "
+                    "each round, for paired per-round ratios (default 4)")
     ap.add_argument("--grow-threads", type=int, default=4, help="client threads for creating the extra runs (default 4)")
     ap.add_argument("--calls", type=int, default=50, help="timed raw HTTP calls per latency figure (default 50, after 3 warm-up calls)")
     ap.add_argument("--client-calls", type=int, default=20, help="timed mlflow-client calls per latency figure (default 20, after 3 warm-up calls)")
@@ -427,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every raw result here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.single, args.search_runs, args.calls, args.client_calls = 40, 20, 200, 10, 10
+        args.runs, args.single, args.search_runs, args.calls, args.client_calls, args.rounds = 40, 20, 200, 10, 10, 2
     targets = [s.strip() for s in args.targets.split(",") if s.strip()]
     if unknown := set(targets) - set(TARGETS):
         ap.error(f"unknown target(s): {', '.join(sorted(unknown))}")
@@ -458,9 +507,23 @@ def main(argv: list[str] | None = None) -> int:
             def clock() -> str:
                 return f"[{time.monotonic() - started:6.0f} s]"
 
+            rounds: dict[str, list[dict]] = {name: [] for name in servers}
+            names = list(servers)
+            for rnd in range(args.rounds):
+                runs_at, runs_n = split(args.runs, args.rounds, rnd)
+                single_at, single_n = split(args.single, args.rounds, rnd)
+                last = rnd == args.rounds - 1
+                for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # the order rotates every round
+                    t = servers[name]
+                    extra = ["--single-run", rounds[name][0]["single_run"]] if rnd else []
+                    lg = phase(t, "log", "--start", str(runs_at), "--runs", str(runs_n), "--single-start", str(single_at),
+                               "--single", str(single_n), "--threads", str(args.threads), *(["--last"] if last else []), *extra, quiet=quiet)
+                    rounds[name].append(lg)
+                    print(f"{clock()} log round {rnd + 1}/{args.rounds} {name:<10} {runs_n / lg['batch_seconds']:8.2f} runs/s "
+                          f"({lg['batch_seconds']:.1f} s, server CPU {lg['batch_server_cpu_s'] / runs_n * 1e3:.1f} ms/run, other processes "
+                          f"{lg['batch_other_cpu_per_s']:.2f} CPU-s/s); log_metric {single_n / lg['single_seconds']:.1f} calls/s", flush=True)
             for name, t in servers.items():
-                lg = phase(t, "log", "--runs", str(args.runs), "--single", str(args.single), "--threads", str(args.threads), quiet=quiet)
-                logs[name] = lg
+                logs[name] = lg = merge_rounds(rounds[name], args.runs)
                 (t.dir / "run_ids.json").write_text(json.dumps(lg["run_ids"]))
                 if name != "stub" and not lg["single_history_ok"]:
                     problems.append(f"{name}: get_metric_history of the log_metric run did not return the {args.single} logged values")
@@ -468,9 +531,6 @@ def main(argv: list[str] | None = None) -> int:
                     problems.append(f"{name}: some runs were not created")
                 if name == "stub":
                     t.stop()
-                print(f"{clock()} log {name:<10} {args.runs / lg['batch_seconds']:8.2f} runs/s ({lg['batch_seconds']:.1f} s, server CPU "
-                      f"{lg['batch_server_cpu_s'] / args.runs * 1e3:.1f} ms/run, other processes {lg['batch_other_cpu_per_s']:.2f} CPU-s/s); "
-                      f"log_metric {args.single / lg['single_seconds']:.1f} calls/s", flush=True)
 
             real = {name: t for name, t in servers.items() if name != "stub"}
 

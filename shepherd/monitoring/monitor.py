@@ -52,7 +52,7 @@ from shepherd.monitoring.references import References, VersionReference
 from shepherd.store.events import EventStore, list_matrix
 
 log = structlog.get_logger()
-MAX_WINDOWS_PER_TICK = 100
+MAX_WINDOWS_PER_TICK = 50
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[str, np.ndarray] | None]]
@@ -206,32 +206,43 @@ class Monitor:
         if ref is None:
             return
         dp = policy.drift
+        window_id, last_seq, last_end = self.events.last_window(deployment, version)
+        if dp.window_rows:
+            # every complete window waiting: one query, and one transaction to store them all
+            table = self.events.window_rows(deployment, version, last_seq, dp.window_rows * MAX_WINDOWS_PER_TICK)
+            done = []
+            for k in range(table.num_rows // dp.window_rows):
+                chunk = table.slice(k * dp.window_rows, dp.window_rows)
+                start, end = chunk.column("ts")[0].as_py(), chunk.column("ts")[-1].as_py()
+                window_id += 1
+                done.append(self._evaluate(deployment, model, version, window_id, start, end, chunk, ref, policy, now, last_seq))
+                last_seq = done[-1][0]["last_seq"]
+            self._store(done, policy)
+            return
+        length = timedelta(seconds=dp.window_seconds)
         for _ in range(MAX_WINDOWS_PER_TICK):
-            window_id, last_seq, last_end = self.events.last_window(deployment, version)
-            if dp.window_rows:
-                table = self.events.window_rows(deployment, version, last_seq, dp.window_rows)
-                if table.num_rows < dp.window_rows:
+            if last_end is None:
+                first = self.events.first_ts(deployment, version)
+                if first is None:
                     return
-                start, end = table.column("ts")[0].as_py(), table.column("ts")[-1].as_py()
+                start = EPOCH + length * math.floor((first - EPOCH) / length)
             else:
-                length = timedelta(seconds=dp.window_seconds)
-                if last_end is None:
-                    first = self.events.first_ts(deployment, version)
-                    if first is None:
-                        return
-                    start = EPOCH + length * math.floor((first - EPOCH) / length)
-                else:
-                    start = last_end
-                end = start + length
-                if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
-                    return
-                table = self.events.window_by_time(deployment, version, start, end)
-            self._evaluate(deployment, model, version, window_id + 1, start, end, table, ref, policy, now)
+                start = last_end
+            end = start + length
+            if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
+                return
+            table = self.events.window_by_time(deployment, version, start, end)
+            window_id += 1
+            evaluated = self._evaluate(deployment, model, version, window_id, start, end, table, ref, policy, now, last_seq)
+            last_seq = evaluated[0]["last_seq"]
+            self._store([evaluated], policy)
+            last_end = end
 
     def _evaluate(
         self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
-        table: pa.Table, ref: VersionReference, policy: Policy, now: datetime,
-    ) -> None:
+        table: pa.Table, ref: VersionReference, policy: Policy, now: datetime, after_seq: int,
+    ) -> tuple[dict[str, Any], pa.Table, list[dict[str, Any]]]:
+        """Run the kernels over one window: (window row, per-feature table, per-feature dicts); nothing stored yet."""
         layout = self.layout_of(model, version)
         x, y = list_matrix(table, "x"), list_matrix(table, "y")
         if x.shape[1] == 0:
@@ -253,8 +264,8 @@ class Monitor:
         verdict = kernels.dataset_verdict(
             np.array([r["drifted"] for r in rows], dtype=bool), np.array([r["has_data"] for r in rows], dtype=bool), dp.drift_share
         )
-        first_seq = int(table.column("seq")[0].as_py()) if table.num_rows else self.events.last_window(deployment, version)[1]
-        last_seq = int(table.column("seq")[-1].as_py()) if table.num_rows else first_seq
+        first_seq = int(table.column("seq")[0].as_py()) if table.num_rows else after_seq
+        last_seq = int(table.column("seq")[-1].as_py()) if table.num_rows else after_seq
         window = {
             "deployment": deployment, "model": model, "version": version, "window_id": window_id,
             "start_ts": start, "end_ts": end, "first_seq": first_seq, "last_seq": last_seq, "n_rows": table.num_rows,
@@ -264,29 +275,35 @@ class Monitor:
         features = pa.Table.from_pylist(
             [{"deployment": deployment, "version": version, "window_id": window_id, **r} for r in rows], schema=FEATURE_SCHEMA
         )
-        self.events.save_window(window, features)
-        labels = (deployment, model, str(version))
-        self.g_share.labels(*labels).set(verdict.share_drifted)
-        self.g_drifted.labels(*labels).set(1 if verdict.drifted else 0)
-        self.g_rows.labels(*labels).set(table.num_rows)
-        for r in rows:
-            if r["psi"] is not None:
-                self.g_psi.labels(*labels, r["feature"]).set(r["psi"])
-            if r["pvalue_adjusted"] is not None:
-                self.g_pval.labels(*labels, r["feature"]).set(r["pvalue_adjusted"])
-        log.info(
-            "drift_window", deployment=deployment, model=model, version=version, window_id=window_id, rows=table.num_rows,
-            share=round(verdict.share_drifted, 4), drifted=verdict.drifted,
-        )
-        if verdict.drifted:
-            drifted = [r["feature"] for r in rows if r["drifted"]]
-            self._alert(
-                deployment, "data_drift", "warning", policy,
-                f"{deployment}: {model} v{version} drifted in window {window_id}: {verdict.n_drifted} of "
-                f"{verdict.n_evaluated} features ({verdict.share_drifted:.0%} >= {dp.drift_share:.0%})",
-                {"model": model, "version": version, "window_id": window_id, "features": drifted[:50], "share": verdict.share_drifted},
-                key=f"data_drift:{version}",
+        return window, features, rows
+
+    def _store(self, evaluated: list[tuple[dict[str, Any], pa.Table, list[dict[str, Any]]]], policy: Policy) -> None:
+        """Store a pass's windows in one transaction, then update the gauges and raise what drifted."""
+        self.events.save_windows([(w, f) for w, f, _ in evaluated])
+        for window, _, rows in evaluated:
+            deployment, model, version, window_id = window["deployment"], window["model"], window["version"], window["window_id"]
+            labels = (deployment, model, str(version))
+            self.g_share.labels(*labels).set(window["share"])
+            self.g_drifted.labels(*labels).set(1 if window["drifted"] else 0)
+            self.g_rows.labels(*labels).set(window["n_rows"])
+            for r in rows:
+                if r["psi"] is not None:
+                    self.g_psi.labels(*labels, r["feature"]).set(r["psi"])
+                if r["pvalue_adjusted"] is not None:
+                    self.g_pval.labels(*labels, r["feature"]).set(r["pvalue_adjusted"])
+            log.info(
+                "drift_window", deployment=deployment, model=model, version=version, window_id=window_id, rows=window["n_rows"],
+                share=round(window["share"], 4), drifted=window["drifted"],
             )
+            if window["drifted"]:
+                drifted = [r["feature"] for r in rows if r["drifted"]]
+                self._alert(
+                    deployment, "data_drift", "warning", policy,
+                    f"{deployment}: {model} v{version} drifted in window {window_id}: {window['n_drifted']} of "
+                    f"{window['n_evaluated']} features ({window['share']:.0%} >= {policy.drift.drift_share:.0%})",
+                    {"model": model, "version": version, "window_id": window_id, "features": drifted[:50], "share": window["share"]},
+                    key=f"data_drift:{version}",
+                )
 
     # -- performance ----------------------------------------------------------------------
 

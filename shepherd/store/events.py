@@ -266,15 +266,19 @@ class EventStore:
         ).fetchone()
         return (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
 
-    def save_window(self, window: dict[str, Any], features: pa.Table) -> None:
+    def save_windows(self, windows: list[tuple[dict[str, Any], pa.Table]]) -> None:
+        """Store windows and their per-feature rows, all in one transaction."""
+        if not windows:
+            return
         cur = self.cursor()
+        features = pa.concat_tables([f for _, f in windows])
         cur.register("feat_in", features)
         try:
             cur.execute("BEGIN")
-            cur.execute(
+            cur.executemany(
                 "INSERT INTO drift_windows VALUES ($deployment, $model, $version, $window_id, $start_ts, $end_ts, $first_seq, "
                 "$last_seq, $n_rows, $n_features, $n_evaluated, $n_drifted, $share, $drifted, $computed_at)",
-                window,
+                [w for w, _ in windows],
             )
             cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
             cur.execute("COMMIT")
