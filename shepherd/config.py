@@ -86,7 +86,7 @@ class ServingConfig(Section, kw_only=True):
     max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     """Requests waiting per slot beyond which new ones are refused at once with 503."""
     inline_max_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
-    """A request that arrives while nothing else is in flight for its version runs on the event loop instead of the batcher thread when the model's warm-up median is at most this many microseconds (0: never). The thread hand-off costs 60-90 µs, more than such a model; a version whose inline runs mostly take longer (the median of a round of 64) stops running inline for 30 s."""
+    """A request that arrives while nothing else is in flight for its version runs on the event loop instead of the batcher thread when the model's warm-up median is at most this many microseconds (0: never). The thread hand-off costs 60-90 µs, more than such a model; a version whose inline runs mostly take longer (the median, in two rounds of 64 in a row) stops running inline for 30 s."""
     request_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
     """A request not answered within this time gets 504; if it has not started running it is dropped from the queue."""
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0

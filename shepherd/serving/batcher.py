@@ -92,14 +92,15 @@ class Batcher:
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
         self.inline_budget = inline_max_us / 1e6
-        # Inline runs are checked in rounds of INLINE_ROUND: when most runs of a round took longer
-        # than the budget (the median is over it: a model slower than warm-up showed, a busy GPU or
-        # machine), the version stops running inline for INLINE_RETRY_S, then a new round decides
-        # again. A few slow runs (a background thread holding the GIL) do not count against it.
+        # Inline runs are checked in rounds of INLINE_ROUND: when most runs of two rounds in a row
+        # took longer than the budget (the median is over it: a model slower than warm-up showed, a
+        # busy GPU or machine), the version stops running inline for INLINE_RETRY_S, then new rounds
+        # decide again. A few slow runs (a background thread holding the GIL) do not count.
         self.inline_ok = session.warm_seconds <= self.inline_budget
         self._inline_runs = 0
         self._inline_over = 0
         self._inline_retry_at = 0.0
+        self._slow_rounds = 0
         # Requests admitted for this version and not yet answered (set by LoadedVersion). The worker
         # waits for more only while some of them are not in the batch yet: a lone request runs at
         # once instead of paying max_queue_delay_us, and under load batches still fill.
@@ -139,7 +140,10 @@ class Batcher:
         self._inline_runs += 1
         self._inline_over += done - started > self.inline_budget
         if self._inline_runs == INLINE_ROUND:
-            if self._inline_over * 2 > INLINE_ROUND:
+            slow = self._inline_over * 2 > INLINE_ROUND
+            self._slow_rounds = self._slow_rounds + 1 if slow else 0
+            if self._slow_rounds >= 2:  # one slow round can be a background flush; two in a row is the model
+                self._slow_rounds = 0
                 self.inline_ok = False
                 self._inline_retry_at = time.monotonic() + INLINE_RETRY_S
                 log.warning("inline_disabled", model=self.session.label, over_budget=self._inline_over, runs=INLINE_ROUND,
