@@ -16,6 +16,7 @@ itself is never delayed. Sampling (`sample_rate`) decides per request, before an
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -49,8 +50,10 @@ class PredictionLog:
         self.events = events
         self.cfg = cfg
         self.layout_of = layout_of
-        self._buf: list[tuple] = []
-        self._lock = threading.Lock()
+        # A deque, never swapped: append (event loop) and popleft (flusher) are each atomic, so a
+        # record appended while a flush is under way simply waits for the next one. (Swapping a
+        # list lost records appended to the old list after the flusher had taken it.)
+        self._buf: collections.deque[tuple] = collections.deque()
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._stop = False
@@ -126,16 +129,15 @@ class PredictionLog:
                 return
 
     def _flush_once(self) -> None:
-        with self._lock:
-            batch, self._buf = self._buf, []
+        buf = self._buf
+        batch = [buf.popleft() for _ in range(len(buf))]
         if not batch:
             return
         try:
             table = self._table(batch)
             self.events.append_predictions(table, {(r[2][0], r[2][1], int(r[2][2])) for r in batch})
         except Exception:
-            with self._lock:  # put it back in front, so nothing acknowledged is lost
-                self._buf[:0] = batch
+            self._buf.extendleft(reversed(batch))  # back in front, in order: nothing acknowledged is lost
             raise
         self._seq += table.num_rows
         self.rows.inc(table.num_rows)
