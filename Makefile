@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test venv demo clean bench
+.PHONY: run test venv demo clean bench installer exe
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Shepherd needs Python 3.11 or newer"'
@@ -34,10 +34,20 @@ run: demo
 	wait $$pid
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+# The offline installer artifact (README: "Installing on a server"); INSTALLER_ARGS=--gpu etc.
+installer: $(STAMP)
+	$(BIN)/python packaging/build_installer.py $(INSTALLER_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/asgi.py
+
+# Single-file executable dist/shepherd (PyInstaller one-file, CPU dependencies): packaging/freeze/.
+# Built in its own venv, build/freeze/venv, with the dev venv's exact versions but none of its
+# dev-only packages (scipy, pandas, scikit-learn, mlflow...), so no optional import pulls them in.
+exe: $(STAMP)
+	$(BIN)/python packaging/freeze/build.py
 
 clean:
 	rm -rf .demo $(VENV) .pytest_cache .hypothesis

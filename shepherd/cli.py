@@ -3,12 +3,9 @@ drift, performance, feedback, reference, predictions, experiments, runs."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import getpass
 import json
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -22,7 +19,6 @@ import msgspec
 from shepherd import __version__, config as config_mod
 from shepherd.errors import ShepherdError
 
-GIL_SWITCH_INTERVAL_S = 0.0005
 PathArg = click.Path(path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -108,114 +104,15 @@ def main() -> None:
 @config_option
 @click.option("--import", "imports", multiple=True, type=ExistingFile, help="Bundle to import before serving (repeatable; idempotent).")
 def serve(config_path: Path | None, imports: tuple[Path, ...]) -> None:
-    """Start the appliance (HTTP API on server.host:server.port)."""
-    import uvicorn
-
-    from shepherd import log
-    from shepherd.app import create_app
-    from shepherd.appliance import Appliance
-    from shepherd.notify import Notifier
+    """Start the appliance (HTTP API on server.host:server.port); SIGHUP reloads, SIGTERM drains and exits."""
+    from shepherd import service
 
     cfg = _load_config(config_path)
-    log.configure(cfg.logging.level, cfg.logging.format)
-    notifier = Notifier()
     try:
-        appliance = Appliance(cfg, config_path)
-    except ShepherdError as err:
-        notifier.status(f"failed: {err.message}")
+        code = service.run(cfg, config_path, imports, actor=f"local:{getpass.getuser()}")
+    except service.StartupError as err:
         _fail(err.message, 2)
-    try:
-        notifier.status("starting: recovering stores, loading deployed models")
-        appliance.start()
-        for bundle in imports:
-            try:
-                appliance.importer.import_file(bundle, actor=f"local:{getpass.getuser()}")
-            except ShepherdError as err:
-                _fail(f"{bundle}: {err.message}", 2)
-        server = _server(
-            uvicorn.Config(
-                create_app(cfg, appliance=appliance),
-                host=cfg.server.host,
-                port=cfg.server.port,
-                loop="uvloop",
-                http="httptools",
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-            ),
-            appliance,
-            notifier,
-        )
-        # Start-up leaves ~100k long-lived objects (modules, sessions); freezing them keeps full
-        # garbage collections (tens of ms each) out of the request path's tail latency.
-        gc.collect()
-        gc.freeze()
-        # Background threads (prediction-log flusher, monitor, batcher workers) hand the GIL back
-        # to the event loop after at most this long instead of CPython's 5 ms, which otherwise
-        # shows up whole in the request tail latency (benchmarks/README.md).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        # uvicorn drains on SIGTERM, then restores the previous handler and re-raises the signal.
-        # With the default handler that would kill the process before `finally` flushes the
-        # prediction log and closes the stores; this one turns it into a clean exit 0.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
-        server.run()
-        if not server.started:
-            sys.exit(3)
-    finally:
-        notifier.stopping()
-        appliance.close()
-        notifier.close()
-
-
-def _server(config: Any, appliance: Any, notifier: Any) -> Any:
-    """A uvicorn.Server that tells systemd when it is ready (socket bound, deployed models warm),
-    pings the watchdog from the event loop, and reloads config and policies on SIGHUP."""
-    import uvicorn
-
-    from shepherd.notify import watchdog, watchdog_interval
-
-    class Server(uvicorn.Server):
-        _watchdog: asyncio.Task | None = None
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if not self.started:
-                return
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(appliance, notifier)))
-            interval = watchdog_interval()
-            if interval:
-                self._watchdog = loop.create_task(watchdog(notifier, interval))
-            notifier.ready(appliance.status_line())
-
-        async def shutdown(self, sockets: Any = None) -> None:
-            notifier.stopping()
-            notifier.status("stopping: draining in-flight requests")
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            await super().shutdown(sockets)
-
-    return Server(config)
-
-
-async def _reload(appliance: Any, notifier: Any) -> None:
-    """SIGHUP: validate and apply the config and policy files; on error keep the old ones and say so."""
-    import anyio
-    import structlog
-
-    notifier.reloading()
-    try:
-        result = await anyio.to_thread.run_sync(appliance.reload)
-    except ShepherdError as err:
-        structlog.get_logger().error("config_reload_refused", error=err.message)
-        notifier.send("READY=1", f"STATUS=reload refused (old config still in force): {err.message}"[:1000])
-        return
-    extra = f"; restart needed for {', '.join(result.restart_required)}" if result.restart_required else ""
-    notifier.send("READY=1", f"STATUS={appliance.status_line()}; reloaded{extra}"[:1000])
-
-
-def _exit_cleanly(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+    sys.exit(code)
 
 
 @main.command("check-config")

@@ -32,6 +32,8 @@ class ServerConfig(Section, kw_only=True):
     """TCP port of the HTTP API."""
     max_request_bytes: PositiveInt = 10 * 1024 * 1024
     """Largest JSON request body accepted, in bytes (bundle uploads use bundles.max_bundle_bytes)."""
+    watch_config: bool = False
+    """Reload on its own when the config file or a policy file changes, as SIGHUP does (validated first; an invalid file is refused)."""
 
 
 class StorageConfig(Section, kw_only=True):

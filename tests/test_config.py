@@ -152,7 +152,7 @@ def test_check_config_cli_verdicts(tmp_path):
 sections = st.fixed_dictionaries(
     {
         "server": st.fixed_dictionaries(
-            {"host": st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), "port": st.integers(1, 65535), "max_request_bytes": st.integers(1, 2**40)}
+            {"host": st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), "port": st.integers(1, 65535), "max_request_bytes": st.integers(1, 2**40), "watch_config": st.booleans()}
         ),
         "storage": st.fixed_dictionaries({"data_dir": st.sampled_from(["/var/lib/s", "/tmp/x y"]), "sqlite_readers": st.integers(1, 64)}),
         "bundles": st.fixed_dictionaries(

@@ -116,16 +116,29 @@ class Monitor:
             self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        try:
-            seconds = kernels.warm_up()
-            log.info("drift_kernels_ready", seconds=round(seconds, 3))
-        except Exception:
-            log.exception("drift_kernels_warm_up_failed")
+        # Compilation gets its own daemon thread: a first start (no Numba cache yet) compiles for
+        # tens of seconds, and a shutdown must not wait for it. Numba writes its cache files by
+        # rename, so a compile cut short at exit leaves no broken cache behind.
+        compiled = threading.Event()
+        threading.Thread(target=self._compile, args=(compiled,), name="drift-compile", daemon=True).start()
+        while not compiled.is_set():
+            if self._stop.wait(0.1):
+                return
         while not self._stop.wait(self.config.monitoring.interval_s):
             try:
                 self.tick()
             except Exception:
                 log.exception("monitor_tick_failed")
+
+    @staticmethod
+    def _compile(done: threading.Event) -> None:
+        try:
+            seconds = kernels.warm_up()
+            log.info("drift_kernels_ready", seconds=round(seconds, 3))
+        except Exception:
+            log.exception("drift_kernels_warm_up_failed")
+        finally:
+            done.set()
 
     # -- policies and layouts -------------------------------------------------------------
 

@@ -23,11 +23,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None, command: list[str] = SHEPHERD) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = config_path.parent / f"server-{port}-{time.monotonic_ns()}.log"
         self.proc = subprocess.Popen(
-            [*SHEPHERD, "serve", "--config", str(config_path)],
+            [*command, "serve", "--config", str(config_path)],
             env={**os.environ, **(env or {})},
             stdout=open(self.log, "wb"),
             stderr=subprocess.STDOUT,
@@ -75,12 +75,14 @@ def server_config(tmp_path: Path, keys) -> Callable[..., Path]:
 
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., Server]]:
-    """Factory: start `shepherd serve --config FILE` and wait until ready (or not, with wait=False)."""
+    """Factory: start `shepherd serve --config FILE` and wait until ready (or not, with wait=False).
+
+    `command` runs another shepherd than this checkout's (an installed venv, a frozen binary)."""
     started: list[Server] = []
 
-    def start(config_path: Path, *, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    def start(config_path: Path, *, env: dict[str, str] | None = None, wait: bool = True, command: list[str] = SHEPHERD) -> Server:
         port = int(config_path.read_text().split("port = ")[1].split("\n")[0])
-        srv = Server(config_path, port, env)
+        srv = Server(config_path, port, env, command)
         started.append(srv)
         if wait:
             srv.wait_ready()

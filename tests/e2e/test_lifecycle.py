@@ -144,3 +144,39 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(server_config, start_se
     with duckdb.connect(str(tmp_path / "data" / "events.duckdb"), read_only=True) as con:
         logged = con.execute("SELECT count(*) FROM predictions").fetchone()[0]
     assert logged == results.count(200), "every answered request was received, and every received answer was logged"
+
+
+def test_watch_config_reloads_on_a_change_and_refuses_an_invalid_file(server_config, start_server, notify_socket, tmp_path):
+    """server.watch_config: saving the config (in place or by rename) or a policy reloads it as SIGHUP would; an invalid file is refused."""
+    path, sock = notify_socket
+    cfg = server_config()
+    (tmp_path / "policies").mkdir()
+    base = cfg.read_text().replace("[server]\n", "[server]\nwatch_config = true\n")
+    cfg.write_text(base)
+    srv = start_server(cfg, env={"NOTIFY_SOCKET": str(path)})
+
+    def events(seconds: float) -> list[str]:
+        return [m for m in drain(sock, time.monotonic() + seconds) if "WATCHDOG" not in m]
+
+    assert any("READY=1" in m for m in events(1.0))
+    (tmp_path / "notes.txt").write_text("not a config file")  # the same directory, not watched for
+    assert events(1.5) == []
+
+    cfg.write_text(base + "\n[monitoring]\nsample_rate = 0.5\n")
+    msgs = events(3.0)
+    assert msgs and msgs[0].startswith("RELOADING=1") and "reloaded" in msgs[1], msgs
+    assert len([m for m in msgs if m.startswith("RELOADING=1")]) == 1, "one save, one reload"
+
+    (tmp_path / "policies" / "default.toml").write_text("[drift]\npsi_threshold = -1\n")
+    msgs = events(3.0)
+    assert any("reload refused (old config still in force)" in m and "default.toml" in m for m in msgs), msgs
+
+    (tmp_path / "policies" / "default.toml").unlink()
+    events(2.0)
+    tmp = cfg.with_suffix(".tmp")  # an editor that saves by writing a new file and renaming it
+    tmp.write_text(base + "\n[logging]\nlevel = \"debug\"\n")
+    os.replace(tmp, cfg)
+    msgs = events(3.0)
+    assert any("reloaded" in m for m in msgs), msgs
+    assert "config_files_changed" in srv.log.read_text()
+    assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
