@@ -35,7 +35,9 @@ log = structlog.get_logger()
 def open_database(config: Config) -> Database:
     """The metadata database of `config`'s data directory, migrated to the current schema."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    return Database(config.data_dir / "shepherd.sqlite", MIGRATIONS, readers=config.storage.sqlite_readers)
+    return Database(
+        config.data_dir / "shepherd.sqlite", MIGRATIONS, readers=config.storage.sqlite_readers, lazy_sync_s=config.storage.tracking_sync_s
+    )
 
 
 def lock_data_dir(data_dir: Path) -> TextIO:

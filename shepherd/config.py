@@ -41,6 +41,8 @@ class StorageConfig(Section, kw_only=True):
     """Directory holding every store: registry.sqlite, blobs/, tmp/. Relative paths resolve against the config file's directory."""
     sqlite_readers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     """Number of read-only SQLite connections in the reader pool."""
+    tracking_sync_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
+    """Experiment-tracking writes (runs, metrics, params, tags, inputs) skip the fsync at commit and are on disk within this many seconds: a process crash loses nothing, a power loss at most this much of tracking data. 0: fsync every one at commit. Registry, audit, deployment and token writes are always fsynced at commit."""
 
 
 class BundlesConfig(Section, kw_only=True):

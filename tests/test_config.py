@@ -154,7 +154,7 @@ sections = st.fixed_dictionaries(
         "server": st.fixed_dictionaries(
             {"host": st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), "port": st.integers(1, 65535), "max_request_bytes": st.integers(1, 2**40), "watch_config": st.booleans()}
         ),
-        "storage": st.fixed_dictionaries({"data_dir": st.sampled_from(["/var/lib/s", "/tmp/x y"]), "sqlite_readers": st.integers(1, 64)}),
+        "storage": st.fixed_dictionaries({"data_dir": st.sampled_from(["/var/lib/s", "/tmp/x y"]), "sqlite_readers": st.integers(1, 64), "tracking_sync_s": st.floats(0, 60)}),
         "bundles": st.fixed_dictionaries(
             {
                 "require_signature": st.booleans(),

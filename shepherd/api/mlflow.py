@@ -1,14 +1,15 @@
 """MLflow-compatible routes: /api/2.0/mlflow/..., /ajax-api/2.0/mlflow/..., and the artifact proxy.
 
 Thin: every route reads the request's fields (JSON body, or the query string for GET) and calls
-the matching handler of shepherd.tracking.mlflow.MlflowApi in a worker thread. Successes are 200
-with a JSON body; errors use MLflow's {"error_code", "message"} shape, which the client reads.
-Reads need a viewer token, writes an operator token (the client sends MLFLOW_TRACKING_TOKEN as a
-bearer token).
+the matching handler of shepherd.tracking.mlflow.MlflowApi in a worker thread (awaited directly
+where the handler is a coroutine: the logging calls). Successes are 200 with a JSON body; errors
+use MLflow's {"error_code", "message"} shape, which the client reads. Reads need a viewer token,
+writes an operator token (the client sends MLFLOW_TRACKING_TOKEN as a bearer token).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -75,7 +76,7 @@ def _handler(method: str, path: str, name: str, writes: bool, *, public_schema: 
         who = actor(request)
         api = _api(request)
         fn = getattr(api, name)
-        result = await anyio.to_thread.run_sync(fn, fields, who)
+        result = await fn(fields, who) if inspect.iscoroutinefunction(fn) else await anyio.to_thread.run_sync(fn, fields, who)
         return Response(result, status_code=200)
 
     handle.__name__ = name.replace("-", "_")

@@ -4,14 +4,22 @@ Modelled on datasette's `Database`: every write is a function run on the single 
 inside one `BEGIN IMMEDIATE ... COMMIT`, so a multi-step change is all-or-nothing. Reads run on a
 pool of read-only connections. `synchronous=FULL` makes a committed transaction survive power loss
 in WAL mode (NORMAL would not).
+
+Lazy writes (`durable=False`, for high-rate data whose last second may go on power loss:
+experiment tracking) commit with `synchronous=NORMAL`, which skips the fsync: the commit is in
+the OS page cache, so a process crash loses nothing, and the writer fsyncs the WAL file within
+`lazy_sync_s` of the first unsynced commit (or sooner: any durable commit fsyncs the WAL, and the
+WAL is sequential, so it covers every lazy commit before it). A durable write is never weakened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,13 +85,19 @@ def migrate(conn: apsw.Connection, migrations: Sequence[str]) -> int:
 class Database:
     """One SQLite file: a writer thread that runs closures in transactions, and a reader pool."""
 
-    def __init__(self, path: Path, migrations: Sequence[str], *, readers: int = 4) -> None:
+    def __init__(self, path: Path, migrations: Sequence[str], *, readers: int = 4, lazy_sync_s: float = 1.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(path)
         migrate(self._writer, migrations)
-        self._jobs: queue.SimpleQueue[tuple[Callable[[apsw.Connection], Any], concurrent.futures.Future] | None]
+        self._jobs: queue.SimpleQueue[tuple[Callable[[apsw.Connection], Any], concurrent.futures.Future, bool] | None]
         self._jobs = queue.SimpleQueue()
+        self.lazy_sync_s = lazy_sync_s
+        """Longest a lazy (durable=False) commit stays unsynced; 0 makes every write durable."""
+        self._unsynced_since: float | None = None
+        self._synchronous = "FULL"
+        self.wal_syncs = 0
+        """fsyncs of the WAL done for lazy commits (observability and tests)."""
         self._readers: queue.SimpleQueue[apsw.Connection] = queue.SimpleQueue()
         self._reader_conns = [_connect(path, readonly=True) for _ in range(readers)]
         for c in self._reader_conns:
@@ -95,16 +109,34 @@ class Database:
     def _run(self) -> None:
         conn = self._writer
         while True:
-            job = self._jobs.get()
+            if self._unsynced_since is None:
+                job = self._jobs.get()
+            else:
+                try:
+                    job = self._jobs.get(timeout=max(0.0, self._unsynced_since + self.lazy_sync_s - time.monotonic()))
+                except queue.Empty:
+                    self._sync_wal()
+                    continue
             if job is None:
                 break
-            fn, fut = job
+            fn, fut, durable = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            durable = durable or self.lazy_sync_s <= 0
             try:
+                mode = "FULL" if durable else "NORMAL"
+                if mode != self._synchronous:
+                    conn.execute(f"PRAGMA synchronous={mode}")
+                    self._synchronous = mode
                 conn.execute("BEGIN IMMEDIATE")
                 result = fn(conn)
                 conn.execute("COMMIT")
+                if durable:
+                    self._unsynced_since = None  # this commit's fsync covered the lazy ones before it
+                elif self._unsynced_since is None:
+                    self._unsynced_since = time.monotonic()
+                elif time.monotonic() - self._unsynced_since >= self.lazy_sync_s:
+                    self._sync_wal()  # a writer that is never idle still syncs on time
             except BaseException as err:  # handed to the caller
                 _after_commit.pop(id(conn), None)
                 if not conn.get_autocommit():
@@ -121,21 +153,37 @@ class Database:
                 except Exception:  # a logging failure must never stop the writer
                     pass
 
-    def submit(self, fn: Callable[[apsw.Connection], T]) -> concurrent.futures.Future[T]:
-        """Queue `fn(conn)` to run in one transaction on the writer thread."""
+    def _sync_wal(self) -> None:
+        """fsync the WAL file: every commit so far is then on disk."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no WAL (nothing written since a checkpoint reset it)
+            self._unsynced_since = None
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._unsynced_since = None
+        self.wal_syncs += 1
+
+    def submit(self, fn: Callable[[apsw.Connection], T], *, durable: bool = True) -> concurrent.futures.Future[T]:
+        """Queue `fn(conn)` to run in one transaction on the writer thread.
+
+        durable=False: a lazy write (module docstring): on disk within `lazy_sync_s`, not at once."""
         if self._closed:
             raise RuntimeError("database is closed")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, fut))
+        self._jobs.put((fn, fut, durable))
         return fut
 
-    def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+    def write(self, fn: Callable[[apsw.Connection], T], *, durable: bool = True) -> T:
         """Run `fn(conn)` in one write transaction and wait for its result (or exception)."""
-        return self.submit(fn).result()
+        return self.submit(fn, durable=durable).result()
 
-    async def awrite(self, fn: Callable[[apsw.Connection], T]) -> T:
+    async def awrite(self, fn: Callable[[apsw.Connection], T], *, durable: bool = True) -> T:
         """Like `write`, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(fn))
+        return await asyncio.wrap_future(self.submit(fn, durable=durable))
 
     def read(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run `fn(conn)` on a pooled read-only connection, in one read transaction."""
@@ -174,6 +222,8 @@ class Database:
         self._closed = True
         self._jobs.put(None)
         self._thread.join()
+        if self._unsynced_since is not None:
+            self._sync_wal()
         self._writer.close()
         for c in self._reader_conns:
             c.close()

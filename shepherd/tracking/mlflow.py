@@ -101,15 +101,19 @@ class MlflowApi:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def create_run(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        run = self.t.create_run(
+    # The calls of a training script's loop (create_run, the logging calls, update_run) are
+    # coroutines: checked and written on the SQLite writer thread, awaited from the event loop,
+    # with no worker thread in between. Every other handler runs in a worker thread.
+
+    async def create_run(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+        run = await self.t.acreate_run(
             b.get("experiment_id"), user_id=b.get("user_id") or "", start_time=b.get("start_time"), tags=_tags(b.get("tags")),
             run_name=b.get("run_name") or None,
         )
         return {"run": _run(run)}
 
-    def update_run(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        info = self.t.update_run(
+    async def update_run(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+        info = await self.t.aupdate_run(
             _req(b, "run_id", "run_uuid"), status=b.get("status") or None, end_time=b.get("end_time"), run_name=b.get("run_name") or None
         )
         return {"run_info": _info(info)}
@@ -125,30 +129,30 @@ class MlflowApi:
     def get_run(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
         return {"run": _run(self.t.get_run(_req(b, "run_id", "run_uuid")))}
 
-    def log_metric(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+    async def log_metric(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
         metric = {"key": _req(b, "key"), "value": b.get("value"), "timestamp": b.get("timestamp") or now_ms(), "step": b.get("step") or 0}
         if metric["value"] is None:
             raise InvalidInput("Missing value for required parameter 'value'.", field="value")
-        self.t.log_batch(_req(b, "run_id", "run_uuid"), metrics=[metric])
+        await self.t.alog_batch(_req(b, "run_id", "run_uuid"), metrics=[metric])
         return {}
 
-    def log_param(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        self.t.log_batch(_req(b, "run_id", "run_uuid"), params=[{"key": _req(b, "key"), "value": b.get("value", "")}])
+    async def log_param(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+        await self.t.alog_batch(_req(b, "run_id", "run_uuid"), params=[{"key": _req(b, "key"), "value": b.get("value", "")}])
         return {}
 
-    def set_tag(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        self.t.log_batch(_req(b, "run_id", "run_uuid"), tags=[{"key": _req(b, "key"), "value": b.get("value", "")}])
+    async def set_tag(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+        await self.t.alog_batch(_req(b, "run_id", "run_uuid"), tags=[{"key": _req(b, "key"), "value": b.get("value", "")}])
         return {}
 
     def delete_tag(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
         self.t.delete_tag(_req(b, "run_id"), _req(b, "key"))
         return {}
 
-    def log_batch(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
+    async def log_batch(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
         for field in ("metrics", "params", "tags"):
             if b.get(field) is not None and not isinstance(b[field], list):
                 raise InvalidInput(f"{field}: a list is required", field=field)
-        self.t.log_batch(_req(b, "run_id"), metrics=b.get("metrics"), params=b.get("params"), tags=b.get("tags"))
+        await self.t.alog_batch(_req(b, "run_id"), metrics=b.get("metrics"), params=b.get("params"), tags=b.get("tags"))
         return {}
 
     def log_inputs(self, b: dict[str, Any], actor: str) -> dict[str, Any]:

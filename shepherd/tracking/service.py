@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,19 @@ class Tracker:
         self, experiment_id: str | None, *, user_id: str = "", start_time: int | None = None, tags: list[tuple[str, str]] | None = None,
         run_name: str | None = None,
     ) -> store.Run:
-        exp = self.experiment(experiment_id if experiment_id not in (None, "") else "0")
-        if exp.lifecycle_stage != "active":
-            raise InvalidInput(f"The experiment {exp.experiment_id} must be in the 'active' state. Current state is deleted.", field="experiment_id")
+        return self.db.write(self._create_run(experiment_id, user_id, start_time, tags, run_name), durable=False)
+
+    async def acreate_run(
+        self, experiment_id: str | None, *, user_id: str = "", start_time: int | None = None, tags: list[tuple[str, str]] | None = None,
+        run_name: str | None = None,
+    ) -> store.Run:
+        """`create_run` awaited from the event loop, with no worker thread in between."""
+        return await self.db.awrite(self._create_run(experiment_id, user_id, start_time, tags, run_name), durable=False)
+
+    def _create_run(
+        self, experiment_id: str | None, user_id: str, start_time: int | None, tags: list[tuple[str, str]] | None, run_name: str | None
+    ) -> Callable[[Any], store.Run]:
+        exp_id = self._int_id(experiment_id if experiment_id not in (None, "") else "0", "experiment_id")
         tags = list(tags or [])
         for i, (k, v) in enumerate(tags):
             _check_key(k, f"tags[{i}].key")
@@ -180,16 +191,23 @@ class Tracker:
         if user_id and not any(k == "mlflow.user" for k, _ in tags):
             tags.append(("mlflow.user", user_id))
         run_uuid = uuid.uuid4().hex
-        artifact_uri = f"{exp.artifact_location.rstrip('/')}/{run_uuid}/artifacts"
 
-        def tx(c: Any) -> int:
-            return store.create_run(
-                c, run_uuid=run_uuid, experiment_id=int(exp.experiment_id), name=name, user_id=user_id or "",
-                start_time=start_time if start_time is not None else now_ms(), artifact_uri=artifact_uri, tags=tags,
+        def tx(c: Any) -> store.Run:
+            exp = store.experiment_by_id(c, exp_id)
+            if exp is None:
+                raise NotFound(f"No Experiment with id={experiment_id} exists")
+            if exp.lifecycle_stage != "active":
+                raise InvalidInput(
+                    f"The experiment {exp.experiment_id} must be in the 'active' state. Current state is deleted.", field="experiment_id"
+                )
+            rid = store.create_run(
+                c, run_uuid=run_uuid, experiment_id=exp_id, name=name, user_id=user_id or "",
+                start_time=start_time if start_time is not None else now_ms(),
+                artifact_uri=f"{exp.artifact_location.rstrip('/')}/{run_uuid}/artifacts", tags=tags,
             )
+            return store.runs_by_ids(c, [rid])[0]
 
-        rid = self.db.write(tx)
-        return self.db.read(lambda c: store.runs_by_ids(c, [rid]))[0]
+        return tx
 
     def _run_row(self, c: Any, run_id: str) -> dict[str, Any]:
         if not isinstance(run_id, str) or not run_id:
@@ -206,19 +224,28 @@ class Tracker:
         return self.db.read(q)
 
     def update_run(self, run_id: str, *, status: str | None = None, end_time: int | None = None, run_name: str | None = None) -> store.RunInfo:
+        return self.db.write(self._update_run(run_id, status, end_time, run_name), durable=False)
+
+    async def aupdate_run(
+        self, run_id: str, *, status: str | None = None, end_time: int | None = None, run_name: str | None = None
+    ) -> store.RunInfo:
+        """`update_run` awaited from the event loop, with no worker thread in between."""
+        return await self.db.awrite(self._update_run(run_id, status, end_time, run_name), durable=False)
+
+    def _update_run(self, run_id: str, status: str | None, end_time: int | None, run_name: str | None) -> Callable[[Any], store.RunInfo]:
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}", field="status")
 
-        def tx(c: Any) -> None:
+        def tx(c: Any) -> store.RunInfo:
             row = self._run_row(c, run_id)
             self._check_not_deleted(row)
             end = end_time if status in TERMINAL else None
             if status in TERMINAL and end is None:
                 end = now_ms()
             store.update_run(c, row["id"], status=status, end_time=end, name=run_name)
+            return store.runs_by_ids(c, [row["id"]])[0].info
 
-        self.db.write(tx)
-        return self.get_run(run_id).info
+        return tx
 
     def set_run_deleted(self, run_id: str, deleted: bool) -> None:
         def tx(c: Any) -> None:
@@ -256,42 +283,22 @@ class Tracker:
         self, run_id: str, metrics: list[dict[str, Any]] | None = None, params: list[dict[str, Any]] | None = None,
         tags: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Validate everything first, then write all of it in one transaction."""
-        metrics, params, tags = metrics or [], params or [], tags or []
-        if len(metrics) > MAX_METRICS_PER_BATCH:
-            raise InvalidInput(f"metrics: {len(metrics)} in one batch; the limit is {MAX_METRICS_PER_BATCH}", field="metrics")
-        if len(params) > MAX_PARAMS_TAGS_PER_BATCH:
-            raise InvalidInput(f"params: {len(params)} in one batch; the limit is {MAX_PARAMS_TAGS_PER_BATCH}", field="params")
-        if len(tags) > MAX_PARAMS_TAGS_PER_BATCH:
-            raise InvalidInput(f"tags: {len(tags)} in one batch; the limit is {MAX_PARAMS_TAGS_PER_BATCH}", field="tags")
-        if len(metrics) + len(params) + len(tags) > MAX_ENTITIES_PER_BATCH:
-            raise InvalidInput(f"a batch holds at most {MAX_ENTITIES_PER_BATCH} metrics, params and tags in all", field="metrics")
-        m_rows = []
-        for i, m in enumerate(metrics):
-            key = _check_key(m.get("key"), f"metrics[{i}].key")
-            value = m.get("value")
-            if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-                value = float(value.replace("Infinity", "inf"))
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise InvalidInput(f"metrics[{i}].value: a number is required (got {value!r})", field=f"metrics[{i}].value")
-            ts, step = m.get("timestamp", now_ms()), m.get("step", 0) or 0
-            ts, step = self._int(ts, f"metrics[{i}].timestamp"), self._int(step, f"metrics[{i}].step")
-            m_rows.append((key, float(value), ts, step))
-        p_rows = []
-        seen: dict[str, str] = {}
-        for i, p in enumerate(params):
-            key = _check_key(p.get("key"), f"params[{i}].key")
-            value = self._check_value(_str(p.get("value")), MAX_PARAM_VALUE_LENGTH, f"params[{i}].value")
-            if key in seen and seen[key] != value:
-                raise InvalidInput(f"params[{i}]: param {key!r} is given twice with different values in one batch", field=f"params[{i}].value")
-            seen[key] = value
-            p_rows.append((key, value))
-        t_rows = [
-            (_check_key(t.get("key"), f"tags[{i}].key"), self._check_value(_str(t.get("value")), MAX_TAG_VALUE_LENGTH, f"tags[{i}].value"))
-            for i, t in enumerate(tags)
-        ]
+        """Validate everything first, then write all of it in one transaction (a lazy write:
+        storage.tracking_sync_s). Both steps run on the writer thread: one thread hop per batch."""
+        self.db.write(self._batch(run_id, metrics, params, tags), durable=False)
 
+    async def alog_batch(
+        self, run_id: str, metrics: list[dict[str, Any]] | None = None, params: list[dict[str, Any]] | None = None,
+        tags: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """`log_batch` awaited from the event loop, with no worker thread in between."""
+        await self.db.awrite(self._batch(run_id, metrics, params, tags), durable=False)
+
+    def _batch(
+        self, run_id: str, metrics: list[dict[str, Any]] | None, params: list[dict[str, Any]] | None, tags: list[dict[str, Any]] | None
+    ) -> Callable[[Any], None]:
         def tx(c: Any) -> None:
+            m_rows, p_rows, t_rows = self._batch_rows(metrics or [], params or [], tags or [])  # nothing written yet
             row = self._run_row(c, run_id)
             self._check_writable(row)
             old = store.existing_params(c, row["id"], [k for k, _ in p_rows])
@@ -307,7 +314,54 @@ class Tracker:
                 if k == "mlflow.runName":
                     c.execute("UPDATE runs SET name = ? WHERE id = ?", (v, row["id"]))
 
-        self.db.write(tx)
+        return tx
+
+    def _batch_rows(
+        self, metrics: list[dict[str, Any]], params: list[dict[str, Any]], tags: list[dict[str, Any]]
+    ) -> tuple[list[tuple[str, float, int, int]], list[tuple[str, str]], list[tuple[str, str]]]:
+        """Check a batch against MLflow's limits and rules; the rows to store, or InvalidInput naming the field."""
+        if len(metrics) > MAX_METRICS_PER_BATCH:
+            raise InvalidInput(f"metrics: {len(metrics)} in one batch; the limit is {MAX_METRICS_PER_BATCH}", field="metrics")
+        if len(params) > MAX_PARAMS_TAGS_PER_BATCH:
+            raise InvalidInput(f"params: {len(params)} in one batch; the limit is {MAX_PARAMS_TAGS_PER_BATCH}", field="params")
+        if len(tags) > MAX_PARAMS_TAGS_PER_BATCH:
+            raise InvalidInput(f"tags: {len(tags)} in one batch; the limit is {MAX_PARAMS_TAGS_PER_BATCH}", field="tags")
+        if len(metrics) + len(params) + len(tags) > MAX_ENTITIES_PER_BATCH:
+            raise InvalidInput(f"a batch holds at most {MAX_ENTITIES_PER_BATCH} metrics, params and tags in all", field="metrics")
+        m_rows = []
+        now = now_ms()
+        keys: set[str] = set()  # a batch repeats few keys many times (one per step): check each once
+        for i, m in enumerate(metrics):
+            key = m.get("key")
+            if type(key) is not str or key not in keys:
+                keys.add(_check_key(key, f"metrics[{i}].key"))
+            value = m.get("value")
+            if type(value) is not float:
+                if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+                    value = float(value.replace("Infinity", "inf"))
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise InvalidInput(f"metrics[{i}].value: a number is required (got {value!r})", field=f"metrics[{i}].value")
+                value = float(value)
+            ts, step = m.get("timestamp", now), m.get("step", 0) or 0
+            if type(ts) is not int:
+                ts = self._int(ts, f"metrics[{i}].timestamp")
+            if type(step) is not int:
+                step = self._int(step, f"metrics[{i}].step")
+            m_rows.append((key, value, ts, step))
+        p_rows = []
+        seen: dict[str, str] = {}
+        for i, p in enumerate(params):
+            key = _check_key(p.get("key"), f"params[{i}].key")
+            value = self._check_value(_str(p.get("value")), MAX_PARAM_VALUE_LENGTH, f"params[{i}].value")
+            if key in seen and seen[key] != value:
+                raise InvalidInput(f"params[{i}]: param {key!r} is given twice with different values in one batch", field=f"params[{i}].value")
+            seen[key] = value
+            p_rows.append((key, value))
+        t_rows = [
+            (_check_key(t.get("key"), f"tags[{i}].key"), self._check_value(_str(t.get("value")), MAX_TAG_VALUE_LENGTH, f"tags[{i}].value"))
+            for i, t in enumerate(tags)
+        ]
+        return m_rows, p_rows, t_rows
 
     @staticmethod
     def _int(value: Any, field: str) -> int:
@@ -333,7 +387,7 @@ class Tracker:
             if not store.delete_tag(c, row["id"], key):
                 raise NotFound(f"No tag with name: {key} in run with id {run_id}")
 
-        self.db.write(tx)
+        self.db.write(tx, durable=False)
 
     def log_inputs(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
         clean = []
@@ -349,7 +403,7 @@ class Tracker:
             self._check_writable(row)
             store.log_inputs(c, row["id"], clean)
 
-        self.db.write(tx)
+        self.db.write(tx, durable=False)
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str | None = None, view_type: str = "ACTIVE_ONLY",

@@ -109,3 +109,42 @@ def test_audited_change_is_logged_only_after_commit(db):
             db.write(failing)
     events = [e for e in logs if e["event"].startswith("alias_")]
     assert events == [{"event": "alias_set", "actor": "a", "target": "model:m@prod", "before": None, "after": {"version": 2}, "log_level": "info"}]
+
+
+def test_lazy_writes_skip_the_commit_fsync_and_are_synced_within_the_interval(tmp_path, monkeypatch):
+    """durable=False commits at synchronous=NORMAL; the writer fsyncs the WAL within lazy_sync_s;
+    a durable write still commits at FULL and makes the lazy ones before it durable."""
+    import os
+    import time
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    db = Database(tmp_path / "t.sqlite", MIGRATIONS, readers=1, lazy_sync_s=0.3)
+    try:
+        mode = lambda c: c.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+        assert db.write(mode, durable=False) == 1  # NORMAL inside the lazy transaction
+        t0 = time.monotonic()
+        while not synced and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        assert synced == [f"{tmp_path / 't.sqlite'}-wal"] and db.wal_syncs == 1
+        assert time.monotonic() - t0 >= 0.2  # not at commit: after the interval
+
+        assert db.write(mode) == 2  # a durable write is FULL whatever came before
+        db.write(mode, durable=False)
+        db.write(mode)  # its commit fsync covers the lazy one: nothing left to sync
+        time.sleep(0.5)
+        assert db.wal_syncs == 1
+        db.write(mode, durable=False)
+    finally:
+        db.close()
+    assert db.wal_syncs == 2  # close syncs what is pending
+
+
+def test_lazy_sync_interval_zero_makes_every_write_durable(tmp_path):
+    db = Database(tmp_path / "t.sqlite", MIGRATIONS, readers=1, lazy_sync_s=0)
+    try:
+        assert db.write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], durable=False) == 2
+    finally:
+        db.close()
+    assert db.wal_syncs == 0

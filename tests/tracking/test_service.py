@@ -58,6 +58,10 @@ def test_default_experiment_exists_and_names_are_unique(t):
         ({"metrics": [{"key": "k", "value": "high", "timestamp": 1, "step": 0}]}, "metrics[0].value"),
         ({"metrics": [{"key": "k", "value": 1.0, "timestamp": 1, "step": 1.5}]}, "metrics[0].step"),
         ({"params": [{"key": "p", "value": "a"}, {"key": "p", "value": "b"}]}, "params[1].value"),
+        ({"metrics": [m("k", 1.0), {"key": ["k"], "value": 1.0, "timestamp": 1, "step": 0}]}, "metrics[1].key"),
+        ({"metrics": [m("k", 1.0), {"key": "k", "value": True, "timestamp": 1, "step": 0}]}, "metrics[1].value"),
+        ({"metrics": [m("k", 1.0), {"key": "k", "value": 1.0, "timestamp": "soon", "step": 0}]}, "metrics[1].timestamp"),
+        ({"metrics": [m("k", 1.0), {"key": "k", "value": 1.0, "timestamp": 1, "step": None}, m("../x", 2.0)]}, "metrics[2].key"),
     ],
 )
 def test_limits_are_refused_naming_the_field_and_nothing_is_written(t, kwargs, field):
