@@ -241,4 +241,23 @@ MIGRATIONS: list[str] = [
         lifecycle_stage TEXT NOT NULL DEFAULT 'active'
     );
     """,
+    # 5: metric history without a rowid: the primary key (run_id, key, step, timestamp, is_nan,
+    # value) is both the dedup rule and the history's order, so each logged value is one B-tree
+    # insert instead of two (table + unique index). History pages now resume after
+    # (step, timestamp, is_nan, value); a page token from before this migration is refused.
+    """
+    CREATE TABLE run_metrics_v5 (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        timestamp INTEGER NOT NULL,
+        is_nan INTEGER NOT NULL DEFAULT 0,
+        value REAL NOT NULL,   -- 0 for NaN
+        PRIMARY KEY (run_id, key, step, timestamp, is_nan, value)
+    ) WITHOUT ROWID;
+    INSERT INTO run_metrics_v5 (run_id, key, step, timestamp, is_nan, value)
+        SELECT run_id, key, step, timestamp, is_nan, value FROM run_metrics;
+    DROP TABLE run_metrics;
+    ALTER TABLE run_metrics_v5 RENAME TO run_metrics;
+    """,
 ]

@@ -240,14 +240,19 @@ def search_run_ids(conn: apsw.Connection, where: str, params: list[Any], order: 
     return [r[0] for r in conn.execute(f"SELECT r.id FROM runs r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?", (*params, limit, offset))]
 
 
-def metric_history(conn: apsw.Connection, rid: int, key: str, limit: int, after: tuple[int, int, int] | None) -> list[tuple[Metric, tuple[int, int, int]]]:
-    """One page of a metric's history ordered by (step, timestamp, id) after the cursor; each entry with its own cursor."""
-    cols = "SELECT key, value, is_nan, timestamp, step, id FROM run_metrics WHERE run_id = ? AND key = ?"
+Cursor = tuple[int, int, int, float]
+"""Where a metric-history page ends: (step, timestamp, is_nan, value), the table's key order."""
+
+
+def metric_history(conn: apsw.Connection, rid: int, key: str, limit: int, after: Cursor | None) -> list[tuple[Metric, Cursor]]:
+    """One page of a metric's history in primary-key order, after the cursor; each entry with its own cursor."""
+    cols = "SELECT key, value, is_nan, timestamp, step FROM run_metrics WHERE run_id = ? AND key = ?"
+    order = "ORDER BY step, timestamp, is_nan, value LIMIT ?"
     if after is None:
-        found = conn.execute(f"{cols} ORDER BY step, timestamp, id LIMIT ?", (rid, key, limit))
+        found = conn.execute(f"{cols} {order}", (rid, key, limit))
     else:
-        found = conn.execute(f"{cols} AND (step, timestamp, id) > (?, ?, ?) ORDER BY step, timestamp, id LIMIT ?", (rid, key, *after, limit))
-    return [(Metric(key=r[0], value=_metric_value(r[1], r[2]), timestamp=r[3], step=r[4]), (r[4], r[3], r[5])) for r in found]
+        found = conn.execute(f"{cols} AND (step, timestamp, is_nan, value) > (?, ?, ?, ?) {order}", (rid, key, *after, limit))
+    return [(Metric(key=r[0], value=_metric_value(r[1], r[2]), timestamp=r[3], step=r[4]), (r[4], r[3], r[2], r[1])) for r in found]
 
 
 # -- artifacts ---------------------------------------------------------------------------------

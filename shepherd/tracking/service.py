@@ -605,13 +605,13 @@ def _stage_clause(view_type: str | None, column: str) -> str:
     raise InvalidInput(f"run_view_type: {view_type!r} is not ACTIVE_ONLY, DELETED_ONLY or ALL", field="run_view_type")
 
 
-def _encode_cursor(cursor: tuple[int, int, int]) -> str:
+def _encode_cursor(cursor: store.Cursor) -> str:
     import base64
 
     return base64.b64encode(msgspec.json.encode({"after": list(cursor)})).decode()
 
 
-def _decode_cursor(token: str | None) -> tuple[int, int, int] | None:
+def _decode_cursor(token: str | None) -> store.Cursor | None:
     if not token:
         return None
     import base64
@@ -619,8 +619,8 @@ def _decode_cursor(token: str | None) -> tuple[int, int, int] | None:
 
     try:
         after = msgspec.json.decode(base64.b64decode(token, validate=True))["after"]
-        if len(after) != 3 or not all(isinstance(v, int) for v in after):
+        if len(after) != 4 or not all(type(v) is int for v in after[:3]) or type(after[3]) not in (int, float):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, msgspec.DecodeError):
         raise InvalidInput(f"invalid page_token {token!r}", field="page_token") from None
-    return (after[0], after[1], after[2])
+    return (after[0], after[1], after[2], float(after[3]))

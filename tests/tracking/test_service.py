@@ -18,7 +18,7 @@ from shepherd.tracking.service import Tracker
 def snapshot(db: Database) -> dict[str, list]:
     """Every tracking table, for before/after comparisons around a refused change."""
     tables = ("experiments", "experiment_tags", "runs", "run_params", "run_tags", "run_metrics", "run_latest_metrics", "run_inputs", "artifacts")
-    return db.read(lambda c: {name: list(c.execute(f"SELECT * FROM {name} ORDER BY rowid" if name in ("experiments", "runs", "run_metrics") else f"SELECT * FROM {name}")) for name in tables})
+    return db.read(lambda c: {name: list(c.execute(f"SELECT * FROM {name} ORDER BY rowid" if name in ("experiments", "runs") else f"SELECT * FROM {name}")) for name in tables})
 
 
 @pytest.fixture
@@ -127,6 +127,38 @@ def test_latest_metric_and_paged_history(t, values, page):
     distinct = {(s, ts_, "nan" if math.isnan(v) else v) for s, ts_, v in values}
     assert len(seen) == len(distinct)
     assert [(x.step, x.timestamp) for x in seen] == sorted((x.step, x.timestamp) for x in seen)
+
+
+def test_migration_5_keeps_every_metric_entry_and_its_order(tmp_path):
+    """A v4 database (history with a rowid and a unique index) upgrades to the keyed table with the same entries, paged the same way."""
+    db = Database(tmp_path / "s.sqlite", MIGRATIONS[:4])
+    old = Tracker(db, BlobStore(tmp_path / "blobs"))
+    run = old.create_run("0").info.run_id
+    values = [(s, ts, v) for s in range(4) for ts in (2, 1) for v in (0.5, math.nan, -1.0)] + [(1, 1, 0.5)]  # one duplicate
+    old.log_batch(run, metrics=[m("k", v, s, ts) for s, ts, v in values])
+    before = old.metric_history(run, "k", 1000)[0]
+    latest = old.get_run(run).data["metrics"]
+    db.close()
+    db = Database(tmp_path / "s.sqlite", MIGRATIONS)
+    try:
+        new = Tracker(db, BlobStore(tmp_path / "blobs"))
+        assert db.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == len(MIGRATIONS)
+        after = new.metric_history(run, "k", 1000)[0]
+        key = lambda x: (x.step, x.timestamp, x.value if not math.isnan(x.value) else "nan")  # noqa: E731
+        assert sorted(map(key, after), key=str) == sorted(map(key, before), key=str) and len(after) == 4 * 2 * 3
+        assert [(x.step, x.timestamp) for x in after] == sorted((x.step, x.timestamp) for x in after)
+        assert new.get_run(run).data["metrics"] == latest
+        paged, token = [], None
+        while True:
+            chunk, token = new.metric_history(run, "k", 5, token)
+            paged += chunk
+            if token is None:
+                break
+        assert list(map(key, paged)) == list(map(key, after))
+        new.log_batch(run, metrics=[m("k", 0.5, 1, 1), m("k", 9.0, 9, 9)])  # the duplicate is still stored once
+        assert len(new.metric_history(run, "k", 1000)[0]) == 4 * 2 * 3 + 1
+    finally:
+        db.close()
 
 
 def test_registration_links_run_and_version_both_ways(t, tmp_path):
