@@ -75,7 +75,7 @@ class Appliance:
         self.log = tmp_path / "serve.log"
 
     def cli(self, *args: str) -> str:
-        res = subprocess.run([str(self.exe), *args], capture_output=True, text=True, env=self.env, cwd=self.tmp, timeout=120)
+        res = subprocess.run([str(self.exe), *args], capture_output=True, text=True, env=self.env, cwd=self.tmp, timeout=120, check=False)
         assert res.returncode == 0, f"shepherd {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
         return res.stdout
 
