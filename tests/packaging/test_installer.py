@@ -29,9 +29,9 @@ pytestmark = [pytest.mark.xdist_group("installer"), pytest.mark.timeout(900)]
 OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The unpacked artifact, built once for this module."""
+    """The unpacked artifact, built once per test session (worker): xdist may interleave other modules."""
     out = tmp_path_factory.mktemp("installer")
     subprocess.run([sys.executable, str(ROOT / "packaging" / "build_installer.py"), "--python", "current", "--out", str(out / "dist")], check=True)
     (tar_path,) = (out / "dist").glob("shepherd-*-linux_x86_64-offline.tar.gz")
