@@ -257,12 +257,12 @@ def compile_order(order_by: list[str] | None) -> tuple[str, list[Any]]:
             table = "run_params" if kind == "param" else "run_tags"
             expr = f"(SELECT x.value FROM {table} x WHERE x.run_id = r.id AND x.key = ?)"
         elif kind == "attr" and (key in STRING_ATTRS or key in NUMERIC_ATTRS):
-            terms.append(f"{(STRING_ATTRS | NUMERIC_ATTRS)[key]} IS NULL, {(STRING_ATTRS | NUMERIC_ATTRS)[key]} {direction}")
+            terms.append(f"{(STRING_ATTRS | NUMERIC_ATTRS)[key]} {direction} NULLS LAST")
             continue
         else:
             raise InvalidInput(f"invalid order_by clause {clause!r}: cannot order by {kind} {key!r}", field="order_by")
-        terms.append(f"{expr} IS NULL, {expr} {direction}")
-        params.extend([key, key])
+        terms.append(f"{expr} {direction} NULLS LAST")  # one lookup per run (not `expr IS NULL, expr`)
+        params.append(key)
     terms.append("r.start_time DESC, r.run_uuid ASC")
     return ", ".join(terms), params
 
