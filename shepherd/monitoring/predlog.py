@@ -109,10 +109,12 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.cfg.flush_interval_s)
-            self._wake.clear()
+            if not self._stop:
+                self._wake.wait(self.cfg.flush_interval_s)
+                self._wake.clear()
             with self._flushed:
                 target = self._requested
+            failed = False
             try:
                 self._flush_once()
             except Exception:
@@ -121,11 +123,16 @@ class PredictionLog:
                 if not self._stop:
                     time.sleep(min(self.cfg.flush_interval_s, 1.0))
                     continue
+                failed = True  # stopping: one failure at close is final (logged), not retried forever
             self._maybe_retain()
             with self._flushed:
                 self._served = max(self._served, target)
                 self._flushed.notify_all()
-            if self._stop:
+            # Stopping: records appended while the last flush ran (after it took its batch) are
+            # still buffered; flush again until none is left.
+            if self._stop and (failed or not self._buf):
+                if failed and self._buf:
+                    log.error("prediction_log_records_lost_at_close", records=len(self._buf))
                 return
 
     def _flush_once(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
@@ -366,6 +367,31 @@ def test_a_failed_flush_loses_nothing_and_is_retried(appl: Appliance, monkeypatc
     ids = [r[0] for r in appl.events.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
     assert ids == [a["id"] for a in answers] and len(calls) >= 2
     assert appl.predlog.failures._value.get() >= 1
+
+
+def test_close_flushes_what_arrived_during_the_last_flush(appl: Appliance, monkeypatch):
+    """Records appended while a flush is under way (after it took its batch) are flushed by close(), not dropped."""
+    import threading
+
+    real = appl.events.append_predictions
+    in_flush, release = threading.Event(), threading.Event()
+
+    def slow(table, versions):
+        in_flush.set()
+        release.wait(10)
+        return real(table, versions)
+
+    monkeypatch.setattr(appl.events, "append_predictions", slow)
+    first = serve(appl, [reference_like(1, seed=0)])
+    assert in_flush.wait(10)  # the flusher holds the first record and waits inside its flush
+    later = serve(appl, [reference_like(1, seed=i) for i in range(1, 40)])
+    closer = threading.Thread(target=appl.predlog.close)
+    closer.start()  # close() while that flush is still running
+    time.sleep(0.1)
+    release.set()
+    closer.join(10)
+    ids = [r[0] for r in appl.events.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == [a["id"] for a in first + later]
 
 
 def test_full_buffer_drops_and_counts_instead_of_waiting(mon_config: config_mod.Config, iris: Path):
