@@ -23,15 +23,20 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None, command: list[str] = SHEPHERD) -> None:
+    """`<command> serve --config FILE [args]` as a subprocess, its output in `log` (appended: one
+    file can hold several runs). `command` runs another shepherd than this checkout's."""
+
+    def __init__(
+        self, config_path: Path, port: int, env: dict[str, str] | None = None, command: list[str] = SHEPHERD,
+        *, args: tuple[str, ...] = (), cwd: Path | None = None, log: Path | None = None,
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self.log = config_path.parent / f"server-{port}-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen(
-            [*command, "serve", "--config", str(config_path)],
-            env={**os.environ, **(env or {})},
-            stdout=open(self.log, "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        self.log = log or config_path.parent / f"server-{port}-{time.monotonic_ns()}.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*command, "serve", "--config", str(config_path), *args],
+                env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+            )
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -46,14 +51,16 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"server not ready:\n{self.log.read_text()}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then SIGKILL after `timeout` s; the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
 
 
 @pytest.fixture

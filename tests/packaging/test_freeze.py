@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import Server, free_port
 from tests.e2e.test_monitoring import infer, reference_rows
 from tests.monitoring.test_monitor import _build_iris
 
@@ -71,7 +70,7 @@ class Appliance:
         self.env = {**os.environ, "NUMBA_CACHE_DIR": str(self.numba_cache), "SHEPHERD_URL": self.url}
         self.token = self.cli("token", "create", "--role", "admin", "--config", str(self.config)).strip()
         self.env["SHEPHERD_TOKEN"] = self.token
-        self.proc: subprocess.Popen | None = None
+        self.server: Server | None = None
         self.log = tmp_path / "serve.log"
 
     def cli(self, *args: str) -> str:
@@ -80,29 +79,12 @@ class Appliance:
         return res.stdout
 
     def start(self, *args: str) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(self.exe), "serve", "--config", str(self.config), *args], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
+        self.server = Server(self.config, self.port, self.env, [str(self.exe)], args=args, cwd=self.tmp, log=self.log)
+        self.server.wait_ready(timeout=120)
 
     def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        assert self.server is not None
+        return self.server.stop(timeout=60)
 
     def kernels_ready_seconds(self, count: int, timeout: float = 300) -> list[float]:
         """Seconds of each `drift_kernels_ready` event in the log, once there are `count` of them."""
@@ -149,6 +131,6 @@ def test_single_file_executable_serves_the_demo_and_computes_drift(exe: Path, tm
         assert json.loads(app.cli("drift", "iris", "--json"))[:2] == windows[:2]
         assert app.stop() == 0
     finally:
-        if app.proc is not None and app.proc.poll() is None:
-            app.proc.kill()
-            app.proc.wait()
+        if app.server is not None and app.server.proc.poll() is None:
+            app.server.proc.kill()
+            app.server.proc.wait()
