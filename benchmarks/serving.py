@@ -123,11 +123,19 @@ def build_model(path: Path, seed: int, c: float) -> None:
         con.execute(f"COPY ref TO '{path.with_suffix('.parquet')}' (FORMAT parquet)")
 
 
-def sample_row() -> list[float]:
+def sample_rows(traffic: str) -> list[list[float]]:
+    """The request rows: the model's held-out test split (realistic traffic, no drift), or one row repeated
+    (`same-row`: every drift window of the prediction log drifts, the costliest case for the monitor)."""
     import numpy as np
     from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
 
-    return [float(f"{v:.6g}") for v in load_breast_cancer().data[7].astype(np.float32)]
+    data = load_breast_cancer()
+    if traffic == "same-row":
+        picked = data.data[7:8]
+    else:
+        _, picked = train_test_split(data.data, test_size=0.3, random_state=0, stratify=data.target)
+    return [[float(f"{v:.6g}") for v in row] for row in picked.astype(np.float32)]
 
 
 def ort_session(model: Path):
@@ -273,11 +281,11 @@ class Assets:
     models: list[Path]  # version 1, version 2 (ONNX)
     bundles: list[Path]  # the same as signed Shepherd bundles
     keys: Path
-    row: list[float]
+    rows: list[list[float]]  # request rows, sent in turn; rows[0] for the checks and the floor
     mlserver_venv: Path | None = None
 
 
-def prepare(tmp: Path, need_shepherd: bool) -> Assets:
+def prepare(tmp: Path, need_shepherd: bool, traffic: str = "heldout") -> Assets:
     models = [tmp / "cancer-v1.onnx", tmp / "cancer-v2.onnx"]
     build_model(models[0], seed=0, c=1.0)
     build_model(models[1], seed=1, c=0.1)
@@ -292,7 +300,7 @@ def prepare(tmp: Path, need_shepherd: bool) -> Assets:
             cli("bundle", "create", "--model", str(model), "--metadata", str(meta), "--reference", str(model.with_suffix(".parquet")),
                 "--sign-key", str(keys / "bench.key"), "-o", str(bundle))
             bundles.append(bundle)
-    return Assets(tmp, models, bundles, keys, sample_row())
+    return Assets(tmp, models, bundles, keys, sample_rows(traffic))
 
 
 def infer_body(row: list[float]) -> bytes:
@@ -422,9 +430,17 @@ def children_seconds() -> float:
 _client_prefix: list[str] = []  # ["taskset", "-c", "1"] under --pin
 
 
-def lua_script(path: Path, t: Target, body: bytes) -> Path:
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body.decode())}"]
+def lua_script(path: Path, t: Target, bodies: list[bytes]) -> Path:
+    """wrk script: POST the bodies in turn (each request pre-formatted once, in init)."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(bodies[0].decode())}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in t.headers.items()]
+    if len(bodies) > 1:
+        lines += [
+            "local bodies = {" + ", ".join(json.dumps(b.decode()) for b in bodies) + "}",
+            "local reqs, i = {}, 0",
+            "init = function(args) for k, b in ipairs(bodies) do reqs[k] = wrk.format(nil, nil, nil, b) end end",
+            "request = function() i = i % #reqs + 1 return reqs[i] end",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -531,7 +547,7 @@ def rollback_phase(tmp: Path, assets: Assets, body: bytes, count: int, cpus: set
         cli("deploy", DEPLOYMENT, DEPLOYMENT, "2", env=env)
         cli("promote", DEPLOYMENT, env=env)  # primary 2, previous 1, both warm
         idle = measure_rollbacks(t, body, count, "idle", 0.05)
-        script = lua_script(tmp / "rollback.lua", t, body)
+        script = lua_script(tmp / "rollback.lua", t, [body])
         seconds = max(3.0, count * 0.25 + 2)
         wrk = subprocess.Popen(wrk_cmd(t.url(), script, seconds, 8), stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)
@@ -632,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default=DEFAULT_TARGETS, help=f"comma list from {', '.join(TARGETS)} (default {DEFAULT_TARGETS})")
     ap.add_argument("--mlserver-venv", type=Path, default=DEFAULT_MLSERVER_VENV, help=f"MLServer's own venv, created on first use (default {DEFAULT_MLSERVER_VENV})")
     ap.add_argument("--rollbacks", type=int, default=20, help="rollbacks to time, idle and again under load (default 20; 0 skips)")
+    ap.add_argument("--traffic", choices=["heldout", "same-row"], default="heldout",
+                    help="request rows: the model's 171 held-out rows in turn (default), or one row repeated, which makes "
+                         "every drift window drift (the monitor's worst case)")
     ap.add_argument("--pin", action="store_true", help="pin each server (and the ORT floor) to CPU 0 and wrk to CPU 1")
     ap.add_argument("--max-other-cpu", type=float, default=0.10,
                     help="flag a measurement during which other processes used more than this many CPU-s/s (default 0.10)")
@@ -662,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="shepherd-serving-bench-") as tmp_name:
         tmp = Path(tmp_name)
         need_shepherd = any(t.startswith("shepherd") for t in targets) or args.rollbacks > 0
-        assets = prepare(tmp, need_shepherd)
+        assets = prepare(tmp, need_shepherd, args.traffic)
         if "mlserver" in targets:
             assets.mlserver_venv = args.mlserver_venv
             ensure_mlserver_venv(args.mlserver_venv)
@@ -673,10 +692,12 @@ def main(argv: list[str] | None = None) -> int:
               f"concurrency, {args.rounds} round(s)" + ("; servers pinned to CPU 0, wrk to CPU 1" if args.pin else "; no CPU pinning") + "\n",
               flush=True)
 
-        body = infer_body(assets.row)
+        bodies = [infer_body(row) for row in assets.rows]
+        body = bodies[0]
+        print(f"traffic: {args.traffic}, {len(bodies)} distinct request rows sent in turn\n", flush=True)
         sess = ort_session(assets.models[0])
         import numpy as np
-        expected = sess.run(["probabilities"], {"X": np.asarray([assets.row], dtype=np.float32)})[0].ravel().tolist()
+        expected = sess.run(["probabilities"], {"X": np.asarray([assets.rows[0]], dtype=np.float32)})[0].ravel().tolist()
         del sess
 
         floors = []
@@ -686,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = start(name, tmp, assets, cpus)
                 try:
                     check_answer(t, body, expected)
-                    script = lua_script(t.dir / "load.lua", t, body)
+                    script = lua_script(t.dir / "load.lua", t, bodies)
                     for c in concurrencies:
                         shepherd = name.startswith("shepherd")
                         discarded_errors = 0  # errors of a measurement taken again still count
@@ -731,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.sched_setaffinity(0, cpus)
             try:
                 wait_quiet(args.max_other_cpu, args.quiet_wait)
-                floors.append(ort_floor(assets.models[0], assets.row, min(args.seconds, 5.0)))
+                floors.append(ort_floor(assets.models[0], assets.rows[0], min(args.seconds, 5.0)))
             finally:
                 os.sched_setaffinity(0, mask)
             print(f"round {rnd + 1} ort floor: {floors[-1].us_per_call:.1f} µs/call", flush=True)

@@ -90,7 +90,7 @@ class ServingConfig(Section, kw_only=True):
     max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     """Requests waiting per slot beyond which new ones are refused at once with 503."""
     inline_max_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
-    """A request that arrives while nothing else is in flight for its version runs on the event loop instead of the batcher thread when the model's warm-up median is at most this many microseconds (0: never). The thread hand-off costs 60-90 µs, more than such a model; a version whose inline runs mostly take longer (the median, in two rounds of 64 in a row) stops running inline for 30 s."""
+    """A request that arrives while nothing else is in flight for its version runs on the event loop instead of the batcher thread when the model's warm-up median is at most this many microseconds (0: never). The thread hand-off costs the event loop more CPU than such a model; served runs are slower than warm-up (cold caches), so a version stops running inline for 30 s only when its inline runs mostly take longer than 10x this (the median, in two rounds of 64 in a row)."""
     request_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
     """A request not answered within this time gets 504; if it has not started running it is dropped from the queue."""
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
@@ -114,6 +114,8 @@ class MonitoringConfig(Section, kw_only=True):
     """Keep at most this many logged predictions, deleting the oldest first (0: no limit)."""
     interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
     """How often the monitor looks for complete drift windows and new feedback, in seconds."""
+    kernel_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1), so that serving keeps the rest."""
     policies_dir: str = "policies"
     """Directory of per-deployment policy files (<deployment>.toml; default.toml applies to the rest). Relative paths resolve against the config file's directory."""
 

@@ -192,6 +192,7 @@ sections = st.fixed_dictionaries(
                 "retention_days": st.floats(0, 1e6),
                 "retention_rows": st.integers(0, 2**40),
                 "interval_s": st.floats(0.05, 3600),
+                "kernel_threads": st.integers(0, 1024),
                 "policies_dir": st.just("/etc/shepherd/policies"),
             }
         ),

@@ -94,7 +94,8 @@ class DeploymentManager:
             bound = m.bound(batch[0].labels)
             bound.compute_seconds.observe(done - started)
             bound.batch_size.observe(rows)
-            bound.queue_depth.set(loaded.batcher.depth())
+            if batch[0].future is not None:  # from the queue (an inline run leaves it as it was)
+                bound.queue_depth.set(loaded.batcher.depth())
 
     def _label(self, dep: Deployment) -> None:
         for slot_name, slot in zip(SLOTS, dep.slots):

@@ -31,6 +31,7 @@ good policy stays in force).
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -115,7 +116,17 @@ class Monitor:
         if self._thread is not None:
             self._thread.join(timeout=60)
 
+    def kernel_threads(self) -> int:
+        """Threads for the drift kernels on the monitor thread: monitoring.kernel_threads, or half the CPUs."""
+        import numba
+
+        wanted = self.config.monitoring.kernel_threads or max(1, (os.cpu_count() or 1) // 2)
+        return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+
     def _run(self) -> None:
+        import numba
+
+        numba.set_num_threads(self.kernel_threads())  # thread-local: only this thread's kernels are limited
         # Compilation gets its own daemon thread: a first start (no Numba cache yet) compiles for
         # tens of seconds, and a shutdown must not wait for it. Numba writes its cache files by
         # rename, so a compile cut short at exit leaves no broken cache behind.

@@ -20,7 +20,7 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -142,7 +142,7 @@ class PredictionLog:
             return
         try:
             table = self._table(batch)
-            self.events.append_predictions(table, {(r[2][0], r[2][1], int(r[2][2])) for r in batch})
+            self.events.append_predictions(table, {(lab[0], lab[1], int(lab[2])) for lab in {r[2] for r in batch}})
         except Exception:
             self._buf.extendleft(reversed(batch))  # back in front, in order: nothing acknowledged is lost
             raise
@@ -151,35 +151,48 @@ class PredictionLog:
 
     def _table(self, batch: list[tuple]) -> pa.Table:
         """One Arrow table for a batch: requests of the same version are flattened together."""
-        groups: dict[tuple[str, int], list[tuple]] = {}
-        for rec in batch:
-            labels = rec[2]
-            groups.setdefault((labels[1], int(labels[2])), []).append(rec)
+        # Requests carry their version's shared labels tuple (LoadedVersion.labels), so one version's
+        # batch is recognised without a pass in Python; mixed batches are grouped by (model, version).
+        first = batch[0][2]
+        if all(r[2] is first for r in batch):
+            groups = {(first[1], int(first[2])): batch}
+        else:
+            groups: dict[tuple[str, int], list[tuple]] = {}
+            for rec in batch:
+                labels = rec[2]
+                groups.setdefault((labels[1], int(labels[2])), []).append(rec)
         parts = []
         seq = self._seq
         for (model, version), recs in groups.items():
-            layout = self.layout_of(model, version, recs[0][3])
-            rows = np.fromiter((_rows(r[4]) for r in recs), dtype=np.int64, count=len(recs))
+            ids, tss, labels, sigs, ins, outs, lats = zip(*recs)  # one column per field, transposed in C
+            layout = self.layout_of(model, version, sigs[0])
+            rows = np.fromiter(map(_rows, ins), dtype=np.int64, count=len(recs))
             n = int(rows.sum())
-            single = n == len(recs)  # every request one row: the common case needs no repeat
-            x = _flatten([r[4] for r in recs], layout.inputs, rows)
-            y = _flatten([r[5] for r in recs], layout.outputs, rows)
+            single = n == len(recs) and bool((rows == 1).all())  # every request one row: no repeat needed
+            x = _flatten(ins, layout.inputs, rows)
+            y = _flatten(outs, layout.outputs, rows)
 
-            def per_row(values: list, kind: pa.DataType, rows: np.ndarray = rows, single: bool = single) -> pa.Array:
+            def per_row(values: Any, kind: pa.DataType, rows: np.ndarray = rows, single: bool = single) -> pa.Array:
                 arr = pa.array(values, kind)
                 return arr if single else arr.take(pa.array(np.repeat(np.arange(len(values)), rows)))
 
+            same = labels[0]
+            if all(lab is same for lab in labels):
+                deployment, slot = pa.array([same[0]] * n, pa.string()), pa.array([same[3]] * n, pa.string())
+            else:
+                deployment = per_row([lab[0] for lab in labels], pa.string())
+                slot = per_row([lab[3] for lab in labels], pa.string())
             row_index = np.zeros(n, np.int32) if single else np.concatenate([np.arange(k, dtype=np.int32) for k in rows])
             parts.append(pa.table({
                 "seq": pa.array(np.arange(seq, seq + n, dtype=np.int64)),
-                "request_id": per_row([r[0] for r in recs], pa.string()),
+                "request_id": per_row(ids, pa.string()),
                 "row": pa.array(row_index),
-                "ts": per_row([int(r[1] * 1e6) for r in recs], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                "deployment": per_row([r[2][0] for r in recs], pa.string()),
+                "ts": per_row(np.multiply(tss, 1e6).astype(np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "deployment": deployment,
                 "model": pa.array([model] * n, pa.string()),
                 "version": pa.array(np.full(n, version, dtype=np.int32)),
-                "slot": per_row([r[2][3] for r in recs], pa.string()),
-                "latency_us": per_row([r[6] * 1e6 for r in recs], pa.float32()),
+                "slot": slot,
+                "latency_us": per_row(np.multiply(lats, 1e6).astype(np.float32), pa.float32()),
                 "x": fixed_list(x), "y": fixed_list(y),
             }))
             seq += n
@@ -206,7 +219,7 @@ def _rows(tensors: dict[str, np.ndarray]) -> int:
     return 1
 
 
-def _flatten(dicts: list[dict[str, np.ndarray]], tensors: list, rows: np.ndarray) -> np.ndarray:
+def _flatten(dicts: Sequence[dict[str, np.ndarray]], tensors: list, rows: np.ndarray) -> np.ndarray:
     """Rows of every request, each tensor as (rows, width), side by side as float64."""
     n = int(rows.sum())
     if not tensors:

@@ -6,9 +6,10 @@ Kept out of the HTTP layer so that the V2 routes stay thin and tests can call it
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from shepherd.errors import InvalidInput, ShepherdError
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 
 ROUTE_ATTEMPTS = 3
 VERSION = re.compile(r"[0-9]{1,18}")
+_ID_PREFIX = os.urandom(10).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A unique request id, 32 hex digits like a UUID's: 80 random bits per process, then a counter.
+
+    A tenth of uuid4's cost on the request path; ids from different processes differ in the prefix.
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
 class RequestTimeout(ShepherdError):
@@ -96,13 +107,13 @@ async def infer(
             break
     else:  # pragma: no cover - only when swaps race this request three times
         raise ShepherdError(f"{name}: could not route the request; retry")
-    labels = (name, loaded.model, str(loaded.version), slot)
+    labels = loaded.labels(name, slot)
     bound = metrics.bound(labels)
     bound.in_flight.inc()
     outcome = "failure"
     try:
         request = codec.decode_request(body, header_length, loaded.signature)
-        if loaded.session.batchable:
+        if loaded.session.batchable and len(request.inputs) > 1:
             check_batch_axis(request.inputs)
         outputs = None
         if loaded.batcher.inline_ok:
@@ -121,7 +132,7 @@ async def infer(
                 timer.cancel()
         request_id = request.id
         if predlog is not None:
-            request_id = request_id or uuid.uuid4().hex
+            request_id = request_id or new_request_id()
             predlog.record(request_id, labels, loaded.signature, request.inputs, outputs, time.perf_counter() - started)
         out_body, out_header = codec.encode_response(
             model_name=name,

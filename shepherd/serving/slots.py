@@ -48,12 +48,22 @@ class LoadedVersion:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
+        self._draining = False  # set by a retire: only then does release() signal the drain
         self._drained = threading.Event()
+        self._labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         batcher.in_flight = lambda: self._in_flight
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def labels(self, deployment: str, slot: str) -> tuple[str, str, str, str]:
+        """The (deployment, model, version, slot) metric labels of requests served here, one shared tuple per pair."""
+        key = (deployment, slot)
+        hit = self._labels.get(key)
+        if hit is None:
+            hit = self._labels[key] = (deployment, self.model, str(self.version), slot)
+        return hit
 
     def acquire(self) -> bool:
         """Count a request in; False once the version is closed (the caller routes again)."""
@@ -66,7 +76,7 @@ class LoadedVersion:
     def release(self) -> None:
         with self._lock:
             self._in_flight -= 1
-            if self._in_flight == 0:
+            if self._in_flight == 0 and self._draining:
                 self._drained.set()
 
     def retire(self, drain_timeout: float) -> threading.Thread:
@@ -82,6 +92,7 @@ class LoadedVersion:
                 if self._in_flight == 0:
                     self._closed = True
                     break
+                self._draining = True
                 self._drained.clear()
             if not self._drained.wait(max(0.0, deadline - time.monotonic())):
                 with self._lock:
