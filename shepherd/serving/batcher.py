@@ -75,13 +75,14 @@ def _key(p: Pending) -> tuple:
     return tuple((n, a.dtype.str, a.shape[1:]) for n, a in p.inputs.items())
 
 
-def _settle(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(value)
+def _settle_all(answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for fut, value, error in answers:
+        if fut.done():  # timed out meanwhile
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
 
 
 class Batcher:
@@ -246,8 +247,12 @@ class Batcher:
     def _finish(self, batch: list[Pending], results: list, errors: list, started: float, rows: int) -> None:
         # Count first, answer second: statistics read after a response already include it.
         self._observe(batch, started, time.perf_counter(), rows)
+        # One wake-up of each event loop per batch, not one per request (each costs the loop a syscall).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
         for p, res, error in zip(batch, results, errors):
+            by_loop.setdefault(p.loop, []).append((p.future, res, error))
+        for loop, answers in by_loop.items():
             try:
-                p.loop.call_soon_threadsafe(_settle, p.future, res, error)
+                loop.call_soon_threadsafe(_settle_all, answers)
             except RuntimeError:  # its event loop has closed (shutdown): nobody is waiting any more
                 pass

@@ -245,3 +245,34 @@ def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(("make", "n"), [(ADWIN, 4_000_000), (PageHinkley, 16_000_000), (DDM, 16_000_000)])  # ~150 ms each
+def test_update_many_releases_the_gil(make, n):
+    """The monitor thread runs update_many over a tick's whole stream: it must not hold the GIL (serving would stall).
+
+    While it runs, this thread keeps running Python; with the GIL held it would stop for the whole call.
+    """
+    import threading
+    import time
+
+    det = make()
+    xs = (np.random.default_rng(0).random(n) < 0.3).astype(np.float64)
+    det.update_many(xs[:10])  # compiled (or loaded from the cache) before the measured run
+    span: list[float] = []
+
+    def work():
+        t0 = time.perf_counter()
+        det.update_many(xs)
+        span.extend([t0, time.perf_counter()])
+
+    t = threading.Thread(target=work)
+    stamps = []
+    t.start()
+    while t.is_alive():
+        stamps.append(time.perf_counter())
+    t.join()
+    start, end = span
+    inside = [s for s in stamps if start <= s <= end]
+    gaps = np.diff([start, *inside, end])
+    assert gaps.max() < 0.5 * (end - start), f"{make.__name__}.update_many held the GIL: this thread stopped for {gaps.max():.3f} of {end - start:.3f} s"

@@ -11,6 +11,8 @@ import duckdb
 import numpy as np
 import pytest
 from litestar.testing import TestClient
+from msgspec import to_builtins as msgspec_builtins
+from prometheus_client import CollectorRegistry
 
 from shepherd import config as config_mod
 from shepherd.app import create_app
@@ -128,6 +130,37 @@ def test_every_request_is_logged_with_ids_inputs_outputs_and_slot(appl: Applianc
         label = ans["outputs"][0]["data"][0]
         probs = ans["outputs"][1]["data"]
         np.testing.assert_allclose(g[6], [label, *probs], rtol=1e-6)
+
+
+def test_generated_request_ids_are_unique_hex_and_differ_between_processes():
+    """Generated ids look like a UUID's hex (32 digits), never repeat, and carry a per-process random prefix."""
+    import subprocess
+    import sys
+
+    ids = [inference.new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    other = subprocess.run([sys.executable, "-c", "from shepherd.serving import inference; print(inference.new_request_id())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert len(other) == 32 and other[:20] != ids[0][:20]
+
+
+def test_monitor_kernel_threads_follow_the_config(mon_config: config_mod.Config, iris: Path):
+    """monitoring.kernel_threads caps the drift kernels' threads on the monitor thread; 0 means half the CPUs."""
+    import os
+
+    import numba
+
+    from shepherd.monitoring.monitor import Monitor
+
+    def threads(n: int) -> int:
+        cfg = config_mod.parse({**msgspec_builtins(mon_config), "monitoring": {**msgspec_builtins(mon_config)["monitoring"], "kernel_threads": n}})
+        return Monitor(cfg, None, None, None, list, None, CollectorRegistry(), lambda m, v: None).kernel_threads()
+
+    top = numba.config.NUMBA_NUM_THREADS
+    assert threads(1) == 1
+    assert threads(0) == max(1, min(top, (os.cpu_count() or 1) // 2))
+    assert threads(1000) == top
 
 
 def test_sigterm_path_flushes_everything_and_a_reopen_sees_it(mon_config: config_mod.Config, iris: Path):

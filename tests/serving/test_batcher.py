@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from shepherd.serving.batcher import INLINE_ROUND, Batcher, InferenceFailed
+from shepherd.serving.batcher import INLINE_IN_SERVICE, INLINE_ROUND, Batcher, InferenceFailed
 
 
 class FakeSession:
@@ -117,6 +117,42 @@ def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget():
     b2.inline_ok, b2._inline_retry_at = False, time.monotonic() - 1  # switched off a while ago
     assert asyncio.run(serve(b2, np.ones((1, 3), np.float32))) is not None and b2.inline_ok, "after the pause a new round is tried"
     b2.stop()
+
+
+def test_served_runs_a_few_times_slower_than_warm_up_keep_inline_on():
+    """Served runs find cold caches (37 µs for a 7 µs warm-up): up to INLINE_IN_SERVICE x the budget is still inline."""
+    s = FakeSession(warm_seconds=5e-6, delay=(INLINE_IN_SERVICE // 2) * 1e-3)
+    b, _ = make(s, inline_max_us=1000)  # every run takes half the in-service limit
+
+    async def scenario():
+        for _ in range(2 * INLINE_ROUND + 5):
+            await serve(b, np.ones((1, 3), np.float32))
+
+    asyncio.run(scenario())
+    b.stop()
+    assert b.inline_ok and set(s.threads) == {threading.current_thread().name}
+
+
+def test_a_batch_wakes_the_event_loop_once():
+    """The worker answers a whole batch with one call_soon_threadsafe, not one per request."""
+    s = FakeSession(warm_seconds=1.0)  # never inline
+    b = Batcher(s, max_batch_size=8, max_queue_delay_us=200_000, max_queue_size=16, observe=None)
+    b.in_flight = lambda: 6
+    wakeups = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a, **k: wakeups.append(a[0]) or original(*a, **k)
+        xs = [np.full((1, 3), i, np.float32) for i in range(6)]
+        pending = [b.submit({"x": x}) for x in xs]
+        outs = await asyncio.gather(*(p.future for p in pending))
+        for x, out in zip(xs, outs):
+            np.testing.assert_array_equal(out["y"], x * 2)
+
+    asyncio.run(scenario())
+    b.stop()
+    assert len(s.threads) == 1 and len(wakeups) == 1, (s.threads, wakeups)
 
 
 def test_a_few_slow_inline_runs_do_not_turn_it_off():

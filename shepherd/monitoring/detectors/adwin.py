@@ -205,7 +205,7 @@ def _update_one(s, x):
     return s[DRIFT] != 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)  # the monitor thread runs it: leave the GIL to serving
 def _update_many(s, xs):
     # _update_one over xs with the window's total, variance and width, the clock phase and the
     # drift flag held in locals (not re-read from s after every store); they are written back to s

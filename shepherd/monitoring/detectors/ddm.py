@@ -50,7 +50,7 @@ def _update_one(f, x):
     return f[DRIFT] != 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)  # the monitor thread runs it: leave the GIL to serving
 def _update_many(f, xs):
     out = np.empty(xs.shape[0], dtype=np.int64)
     n = 0
