@@ -119,6 +119,9 @@ class Batcher:
         # once instead of paying max_queue_delay_us, and under load batches still fill.
         self.in_flight: Callable[[], int] | None = None
         self._carry: Pending | None = None
+        # Loop batches: requests to an inline model that arrive together, run as one batch by a
+        # callback on their event loop (see submit).
+        self._loop_batch: list[Pending] = []
         self._thread = threading.Thread(target=self._work, name=f"batcher:{session.label}", daemon=True)
         self._thread.start()
 
@@ -126,8 +129,24 @@ class Batcher:
         return self.queue.qsize()
 
     def submit(self, inputs: dict[str, np.ndarray], labels: tuple = ()) -> Pending:
-        """Enqueue a validated request; its `future` resolves to {output name: array}. Raises Overloaded."""
-        p = Pending(inputs, asyncio.get_running_loop(), labels)
+        """Enqueue a validated request; its `future` resolves to {output name: array}. Raises Overloaded.
+
+        A request to a model that runs inline joins the event loop's current loop batch instead of the
+        queue (when nothing is queued, so it cannot overtake): the requests submitted in this loop
+        iteration run together, as one batch, from a callback on the loop. For such a model the
+        worker's two thread hand-offs and GIL waits per batch cost many times the batch itself.
+        """
+        loop = asyncio.get_running_loop()
+        p = Pending(inputs, loop, labels)
+        if self.inline_ok and p.rows <= self.session.warm_rows and self._carry is None and self.queue.empty():
+            pending = self._loop_batch
+            if not pending:
+                loop.call_soon(self._run_loop_batch, pending)
+                pending.append(p)
+                return p
+            if pending[0].loop is loop:
+                pending.append(p)
+                return p
         try:
             self.queue.put_nowait(p)
         except queue.Full:
@@ -150,8 +169,16 @@ class Batcher:
         started = time.perf_counter()
         result, error = self._run_one(p)
         done = time.perf_counter()
+        self._account(done - started)
+        self._observe([p], started, done, p.rows)
+        if error is not None:
+            raise error
+        return result
+
+    def _account(self, seconds: float) -> None:
+        """Count one run on the event loop (lone or a loop batch) against the in-service limit."""
         self._inline_runs += 1
-        self._inline_over += done - started > self.inline_limit
+        self._inline_over += seconds > self.inline_limit
         if self._inline_runs == INLINE_ROUND:
             slow = self._inline_over * 2 > INLINE_ROUND
             self._slow_rounds = self._slow_rounds + 1 if slow else 0
@@ -162,10 +189,26 @@ class Batcher:
                 log.warning("inline_disabled", model=self.session.label, over_budget=self._inline_over, runs=INLINE_ROUND,
                             limit_us=self.inline_limit * 1e6)
             self._inline_runs = self._inline_over = 0
-        self._observe([p], started, done, p.rows)
-        if error is not None:
-            raise error
-        return result
+
+    def _run_loop_batch(self, batch: list[Pending]) -> None:
+        """Run the requests submitted in one loop iteration, as few batches as max_batch_size allows."""
+        if batch is self._loop_batch:
+            self._loop_batch = []  # later submissions start the next loop batch
+        live = [p for p in batch if not p.dropped]
+        i = 0
+        while i < len(live):
+            group, rows, key = [live[i]], live[i].rows, _key(live[i])
+            i += 1
+            while i < len(live) and rows + live[i].rows <= self.max_rows and _key(live[i]) == key:
+                group.append(live[i])
+                rows += live[i].rows
+                i += 1
+            started = time.perf_counter()
+            results, errors = self._compute(group, rows)
+            done = time.perf_counter()
+            self._account(done - started)
+            self._observe(group, started, done, rows)
+            _settle_all(list(zip((p.future for p in group), results, errors)))
 
     def stop(self) -> None:
         """Finish what is queued, then end the worker thread."""
@@ -224,11 +267,15 @@ class Batcher:
 
     def _execute(self, batch: list[Pending], rows: int) -> None:
         started = time.perf_counter()
+        results, errors = self._compute(batch, rows)
+        self._finish(batch, results, errors, started, rows)
+
+    def _compute(self, batch: list[Pending], rows: int) -> tuple[list, list]:
+        """Run a batch: one merged run, split per request; (results, errors) in batch order."""
         names = self.session.output_names
         if len(batch) == 1:
             result, error = self._run_one(batch[0])
-            self._finish(batch, [result], [error], started, rows)
-            return
+            return [result], [error]
         try:
             feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
             outs = self.session.run(feed)
@@ -242,7 +289,7 @@ class Batcher:
             errors: list[BaseException | None] = [None] * len(batch)
         except Exception:  # run each request alone, so one bad request cannot fail the others
             results, errors = map(list, zip(*(self._run_one(p) for p in batch)))
-        self._finish(batch, results, errors, started, rows)
+        return results, errors
 
     def _finish(self, batch: list[Pending], results: list, errors: list, started: float, rows: int) -> None:
         # Count first, answer second: statistics read after a response already include it.

@@ -69,7 +69,6 @@ def test_lone_request_to_a_tiny_model_runs_on_the_calling_thread():
     [
         ("inline is off (0)", FakeSession(5e-6), 0, 1, 1),
         ("the model is slower than the budget", FakeSession(200e-6), 50, 1, 1),
-        ("another request is in flight (it may batch)", FakeSession(5e-6), 50, 2, 1),
         ("more rows than warm-up measured", FakeSession(5e-6, warm_rows=1), 50, 1, 4),
     ],
 )
@@ -83,15 +82,18 @@ def test_request_goes_through_the_worker(why, session, budget, in_flight, rows):
 
 
 def test_queued_work_keeps_order_no_inline_overtaking():
-    """With a request already queued, a new one must not overtake it inline."""
+    """With a request already queued, a new one must not overtake it inline or in a loop batch."""
     s = FakeSession(5e-6, delay=0.2)
     b, _ = make(s, inline_max_us=50)
 
     async def scenario():
         x = np.ones((1, 3), np.float32)
+        b.inline_ok = False  # as after a slow spell: these two go to the worker
         first, second = b.submit({"x": x}), b.submit({"x": x})  # the worker sleeps in `first`; `second` waits
+        b.inline_ok = True
         assert b.run_inline({"x": x}) is None
-        await asyncio.gather(first.future, second.future)
+        third = b.submit({"x": x})
+        await asyncio.gather(first.future, second.future, third.future)
 
     asyncio.run(scenario())
     b.stop()
@@ -131,6 +133,40 @@ def test_served_runs_a_few_times_slower_than_warm_up_keep_inline_on():
     asyncio.run(scenario())
     b.stop()
     assert b.inline_ok and set(s.threads) == {threading.current_thread().name}
+
+
+def test_requests_arriving_together_run_as_one_loop_batch():
+    """Not alone, to an inline model: the requests submitted in one loop iteration run as one batch on the loop."""
+    s = FakeSession(warm_seconds=5e-6)
+    b, seen = make(s, inline_max_us=50, in_flight=5)
+
+    async def scenario():
+        xs = [np.full((1, 3), i, np.float32) for i in range(5)]
+        outs = await asyncio.gather(*(serve(b, x) for x in xs))
+        for x, out in zip(xs, outs):
+            np.testing.assert_array_equal(out["y"], x * 2)
+
+    asyncio.run(scenario())
+    b.stop()
+    assert s.threads == [threading.current_thread().name], "one merged run, on the event loop's thread"
+    assert [(n, rows) for n, rows, _ in seen] == [(5, 5)]
+
+
+def test_loop_batches_respect_max_batch_size_and_split_by_shape():
+    """A loop batch is cut at max_batch_size rows and never merges requests whose shapes differ beyond axis 0."""
+    s = FakeSession(warm_seconds=5e-6, warm_rows=4)
+    b, seen = make(s, inline_max_us=50, in_flight=10)  # max_batch_size 8
+
+    async def scenario():
+        loop_futures = [b.submit({"x": np.ones((3, 3), np.float32)}).future for _ in range(4)]  # 12 rows: 3 + 3, then 3 + 3
+        loop_futures.append(b.submit({"x": np.ones((1, 5), np.float32)}).future)  # another shape: its own run
+        return await asyncio.gather(*loop_futures)
+
+    outs = asyncio.run(scenario())
+    b.stop()
+    assert [o["y"].shape for o in outs] == [(3, 3)] * 4 + [(1, 5)]
+    assert [(n, rows) for n, rows, _ in seen] == [(2, 6), (2, 6), (1, 1)]
+    assert set(s.threads) == {threading.current_thread().name}
 
 
 def test_a_batch_wakes_the_event_loop_once():
