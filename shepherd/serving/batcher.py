@@ -4,14 +4,16 @@ a maximum batch size (rows) and a maximum queue delay after the first request of
 The event loop only enqueues and awaits a future; the worker thread concatenates compatible
 requests along the first axis, runs ONNX Runtime (which releases the GIL) and splits the outputs.
 
-One exception, `run_inline`: a lone request to a model whose warm-up median is at most
-`inline_max_us` runs on the calling thread. "Lone" means nothing else is in flight for the
+Two exceptions, for a model whose warm-up median is at most `inline_max_us`: `run_inline`, where
+a lone request runs on the calling thread, and loop batches (`submit`), where requests that arrive
+together run as one merged batch from a callback on their event loop. "Lone" means nothing else is in flight for the
 version after the caller has yielded to the event loop once (inference.infer does), so the
 requests that arrived together start first and batch. Handing a request to the worker and back costs two
 thread wake-ups (on the 2-vCPU benchmark VM the event loop's CPU per request rose from ~80 to
 ~320 µs at one connection), many times what such a model needs, and with nothing else in flight
-there is nothing to batch it with. A version whose inline runs mostly exceed INLINE_IN_SERVICE
-times the budget stops running inline for a while.
+there is nothing to batch it with; under load, the worker's hand-offs and GIL waits per batch
+cost more than the batch. A version whose runs on the loop mostly exceed INLINE_IN_SERVICE times
+the budget goes back to the worker for a while.
 """
 
 from __future__ import annotations
