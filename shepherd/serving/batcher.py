@@ -273,12 +273,12 @@ class Batcher:
         self._finish(batch, results, errors, started, rows)
 
     def _compute(self, batch: list[Pending], rows: int) -> tuple[list, list]:
-        """Run a batch: one merged run, split per request; (results, errors) in batch order."""
-        names = self.session.output_names
+        """Run a batch: one merged run, split per request; (results, errors) in batch order. Never raises."""
         if len(batch) == 1:
             result, error = self._run_one(batch[0])
             return [result], [error]
         try:
+            names = self.session.output_names
             feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
             outs = self.session.run(feed)
             if any(o.ndim == 0 or o.shape[0] != rows for o in outs):
