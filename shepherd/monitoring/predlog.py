@@ -168,7 +168,7 @@ class PredictionLog:
             layout = self.layout_of(model, version, sigs[0])
             rows = np.fromiter(map(_rows, ins), dtype=np.int64, count=len(recs))
             n = int(rows.sum())
-            single = n == len(recs) and bool((rows == 1).all())  # every request one row: no repeat needed
+            single = bool((rows == 1).all())  # every request one row: no repeat needed
             x = _flatten(ins, layout.inputs, rows)
             y = _flatten(outs, layout.outputs, rows)
 
