@@ -515,6 +515,7 @@ def _ks_inside_method(m: int, n: int, g: int, h: int) -> float:
     len_a = min(2 * maxj + 2, n + 1)
     A = np.ones(len_a)
     A[minj:maxj] = 0.0
+    inv = np.empty(n + 2)
     for i in range(1, m + 1):
         lastminj = minj
         lastlen = curlen
@@ -524,9 +525,15 @@ def _ks_inside_method(m: int, n: int, g: int, h: int) -> float:
         if maxj <= minj:
             return 1.0
         val = 0.0 if minj == 0 else 1.0
-        for jj in range(maxj - minj):
+        width = maxj - minj
+        # The divisions do not depend on the recurrence: computed first (vectorised), they leave
+        # two multiply-adds per cell on the serial chain instead of a division.
+        for jj in range(width):
+            inv[jj] = 1.0 / (i + jj + minj)
+        shift = minj - lastminj
+        for jj in range(width):
             j = jj + minj
-            val = (A[jj + minj - lastminj] * i + val * j) / (i + j)
+            val = (A[jj + shift] * i + val * j) * inv[jj]
             A[jj] = val
         curlen = maxj - minj
         if lastlen > curlen:
