@@ -12,8 +12,9 @@ requests that arrived together start first and batch. Handing a request to the w
 thread wake-ups (on the 2-vCPU benchmark VM the event loop's CPU per request rose from ~80 to
 ~320 µs at one connection), many times what such a model needs, and with nothing else in flight
 there is nothing to batch it with; under load, the worker's hand-offs and GIL waits per batch
-cost more than the batch. A version whose runs on the loop mostly exceed INLINE_IN_SERVICE times
-the budget goes back to the worker for a while.
+cost more than the batch. A version whose runs on the loop mostly compute (CPU time) for more than
+INLINE_IN_SERVICE times the budget, or stall beyond INLINE_WALL_FACTOR times that, goes back to the
+worker for a while.
 """
 
 from __future__ import annotations

@@ -58,6 +58,12 @@ async def serve(b: Batcher, x: np.ndarray) -> dict:
     return out
 
 
+async def serve_many(b: Batcher, n: int) -> None:
+    """`n` lone requests, one after another."""
+    for _ in range(n):
+        await serve(b, np.ones((1, 3), np.float32))
+
+
 def test_lone_request_to_a_tiny_model_runs_on_the_calling_thread():
     s = FakeSession(warm_seconds=5e-6)
     b, seen = make(s, inline_max_us=50)
@@ -116,12 +122,7 @@ def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget(why, busy,
     s = FakeSession(warm_seconds=5e-6)
     b, _ = make(s, inline_max_us=50)  # in-service limit 500 µs of CPU, 5 ms of wall time
     s.busy, s.delay = busy, delay / INLINE_ROUND  # the model turned out slow
-
-    async def scenario():
-        for _ in range(2 * INLINE_ROUND + 10):
-            await serve(b, np.ones((1, 3), np.float32))
-
-    asyncio.run(scenario())
+    asyncio.run(serve_many(b, 2 * INLINE_ROUND + 10))
     b.stop()
     assert not b.inline_ok, why
     inline_runs = s.threads.count(threading.current_thread().name)
@@ -133,32 +134,20 @@ def test_inline_turns_itself_off_when_runs_are_slower_than_the_budget(why, busy,
     b2.stop()
 
 
-def test_waiting_for_the_gil_does_not_turn_inline_off():
-    """A run that waits (the GIL held by a background thread) without computing is not the model's fault."""
-    s = FakeSession(warm_seconds=5e-6, delay=2e-3)  # 4x the 500 µs limit in wall time, no CPU
-    b, _ = make(s, inline_max_us=50)
-
-    async def scenario():
-        for _ in range(2 * INLINE_ROUND + 5):
-            await serve(b, np.ones((1, 3), np.float32))
-
-    asyncio.run(scenario())
+@pytest.mark.parametrize(
+    ("why", "session", "budget"),
+    [
+        # waiting (the GIL held by a background thread) is not the model's fault: 4x the 500 µs limit in wall time, no CPU
+        ("a run that only waits", FakeSession(warm_seconds=5e-6, delay=2e-3), 50),
+        # served runs find cold caches (37 µs for a 7 µs warm-up): up to INLINE_IN_SERVICE x the budget is still inline
+        ("a run computing for half the in-service limit", FakeSession(warm_seconds=5e-6, busy=(INLINE_IN_SERVICE // 2) * 1e-4), 100),
+    ],
+)
+def test_runs_within_the_in_service_limits_keep_inline_on(why, session, budget):
+    b, _ = make(session, inline_max_us=budget)
+    asyncio.run(serve_many(b, 2 * INLINE_ROUND + 5))
     b.stop()
-    assert b.inline_ok and set(s.threads) == {threading.current_thread().name}
-
-
-def test_served_runs_a_few_times_slower_than_warm_up_keep_inline_on():
-    """Served runs find cold caches (37 µs for a 7 µs warm-up): up to INLINE_IN_SERVICE x the budget is still inline."""
-    s = FakeSession(warm_seconds=5e-6, busy=(INLINE_IN_SERVICE // 2) * 1e-4)
-    b, _ = make(s, inline_max_us=100)  # every run computes for half the in-service limit
-
-    async def scenario():
-        for _ in range(2 * INLINE_ROUND + 5):
-            await serve(b, np.ones((1, 3), np.float32))
-
-    asyncio.run(scenario())
-    b.stop()
-    assert b.inline_ok and set(s.threads) == {threading.current_thread().name}
+    assert b.inline_ok and set(session.threads) == {threading.current_thread().name}, why
 
 
 def test_requests_arriving_together_run_as_one_loop_batch():
