@@ -995,7 +995,12 @@ def dataset_verdict(feature_drifted: Any, has_data: Any | None = None, drift_sha
 
 
 def warm_up() -> float:
-    """Compile (or load from cache) every kernel on tiny inputs with the production argument types; returns seconds."""
+    """Compile (or load from cache) every kernel on tiny inputs with the production argument types; returns seconds.
+
+    The streaming detectors are included: compiling them at the monitor's first tick held the GIL
+    for seconds on a fresh install, in the middle of serving.
+    """
+    from shepherd.monitoring.detectors import ADWIN, DDM, PageHinkley
     from shepherd.monitoring.profile import build_profile
 
     t0 = time.perf_counter()
@@ -1004,4 +1009,8 @@ def warm_up() -> float:
     profile = build_profile(ref, n_bins=4)
     numeric_drift(profile, {"x": rng.normal(size=16)})
     categorical_drift(profile, {"c": np.array(["a", "z"] * 8)})
+    stream = rng.random(16)
+    for detector in (ADWIN(), DDM(), PageHinkley()):
+        detector.update_many(stream)
+        detector.update(0.5)
     return time.perf_counter() - t0
