@@ -86,7 +86,7 @@ class Appliance:
         )
         mon = config.monitoring
         self.predlog = (
-            PredictionLog(self.events, mon, self.monitor.layout_of, self.metrics.registry) if mon.prediction_log else None
+            PredictionLog(self.events, mon, self.metrics.registry) if mon.prediction_log else None
         )
         self.ready = False
 

@@ -103,9 +103,9 @@ class MonitoringConfig(Section, kw_only=True):
     sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     """Share of requests recorded in the prediction log (feedback for an unrecorded request is reported as unknown)."""
     buffer_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 200_000
-    """Most requests held in memory waiting for a flush; beyond it new records are dropped and counted (shepherd_prediction_log_dropped_total), never waited for."""
+    """Most rows (a request of k rows counts k) held in memory waiting for a flush; beyond it new requests are not recorded, only counted (shepherd_prediction_log_dropped_total), never waited for."""
     flush_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 20_000
-    """Flush the prediction log to DuckDB as soon as this many requests are buffered."""
+    """Flush the prediction log to DuckDB as soon as this many rows are buffered."""
     flush_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
     """Flush the prediction log at least this often, in seconds: the most that a crash (not a SIGTERM) can lose."""
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0

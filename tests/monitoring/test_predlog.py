@@ -1,0 +1,117 @@
+"""The prediction log's column buffers, without the appliance: what a request writes is what DuckDB holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from shepherd.config import MonitoringConfig
+from shepherd.monitoring import predlog as predlog_mod
+from shepherd.monitoring.predlog import PredictionLog
+from shepherd.store.events import EventStore
+
+SIG = {
+    "inputs": [
+        {"name": "a", "datatype": "FP32", "shape": [-1, 2, 3]},  # 6 columns, flattened
+        {"name": "b", "datatype": "INT64", "shape": [-1]},  # 1 column; absent from some requests
+        {"name": "text", "datatype": "BYTES", "shape": [-1]},  # not monitored
+    ],
+    "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}, {"name": "scores", "datatype": "FP32", "shape": [-1, 2]}],
+}
+A = ("dep", "m", "1", "primary")
+B = ("dep", "m", "2", "candidate")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    events = EventStore(tmp_path / "events.duckdb")
+    yield events
+    events.close()
+
+
+def _log(store: EventStore, **cfg) -> PredictionLog:
+    return PredictionLog(store, MonitoringConfig(**{"flush_interval_s": 3600, **cfg}), CollectorRegistry())
+
+
+def _request(rng: np.random.Generator, k: int, with_b: bool = True) -> tuple[dict, dict]:
+    inputs = {"a": rng.random((k, 2, 3), dtype=np.float32), "text": np.array([b"x"] * k, dtype=object)}
+    if with_b:
+        inputs["b"] = rng.integers(0, 100, k)
+    outputs = {"label": rng.integers(0, 2, k), "scores": rng.random((k, 2), dtype=np.float32)}
+    return inputs, outputs
+
+
+def test_rows_land_in_order_with_their_values_across_segments_and_versions(store: EventStore, monkeypatch):
+    """One- and multi-row requests of two versions, over many small segments: each row's id, index, x, y and labels."""
+    monkeypatch.setattr(predlog_mod, "SEGMENT_ROWS", 4)  # force many segment roll-overs
+    log = _log(store)
+    rng = np.random.default_rng(0)
+    expected = []  # (labels, request id, row, x, y) in record order
+    for i in range(40):
+        labels = A if i % 3 else B
+        k = [1, 1, 3, 1, 2][i % 5]
+        inputs, outputs = _request(rng, k, with_b=i % 4 != 0)
+        assert log.record(f"r{i}", labels, SIG, inputs, outputs, 0.002)
+        for j in range(k):
+            b = [float(inputs["b"][j])] if "b" in inputs else [np.nan]
+            x = [*inputs["a"][j].ravel().astype(np.float64), *b]
+            y = [float(outputs["label"][j]), *outputs["scores"][j].astype(np.float64)]
+            expected.append((labels, f"r{i}", j, x, y))
+    assert log.flush()
+    log.close()
+    got = store.cursor().execute(
+        'SELECT seq, request_id, "row", deployment, model, version, slot, x, y, latency_us, ts FROM predictions ORDER BY seq'
+    ).fetchall()
+    assert len(got) == len(expected)
+    assert [g[0] for g in got] == list(range(got[0][0], got[0][0] + len(got)))  # seq has no gaps
+    for labels in (A, B):  # within a version, rows keep the order they were recorded in
+        mine = [e for e in expected if e[0] == labels]
+        rows = [g for g in got if (g[3], g[4], str(g[5]), g[6]) == labels]
+        assert [(r[1], r[2]) for r in rows] == [(e[1], e[2]) for e in mine]
+        for r, e in zip(rows, mine):
+            np.testing.assert_array_equal(np.array(r[7], dtype=float), np.array(e[3]))  # NaN where b was absent
+            np.testing.assert_allclose(r[8], e[4], rtol=1e-7)
+            assert r[9] == pytest.approx(2000.0)
+        assert [r[10] for r in rows] == sorted(r[10] for r in rows)
+
+
+def test_buffer_limit_counts_rows_and_drops_whole_requests(store: EventStore):
+    """buffer_rows bounds rows: a request that would cross it is not recorded at all, and is counted."""
+    log = _log(store, buffer_rows=5)
+    rng = np.random.default_rng(1)
+    assert log.record("first", A, SIG, *_request(rng, 3), 0.001)
+    assert not log.record("second", A, SIG, *_request(rng, 3), 0.001)  # 3 + 3 > 5
+    assert log.record("third", A, SIG, *_request(rng, 2), 0.001)  # 3 + 2 = 5
+    assert log.dropped._value.get() == 1 and log.buffered.collect()[0].samples[0].value == 5
+    assert log.flush()
+    assert log.record("after", A, SIG, *_request(rng, 3), 0.001)  # the flush freed the buffer
+    log.close()
+    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == ["first"] * 3 + ["third"] * 2 + ["after"] * 3
+
+
+def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore, monkeypatch):
+    """Rows of a failed flush go back in front of rows recorded meanwhile; the next flush writes all, in order."""
+    log = _log(store)
+    rng = np.random.default_rng(2)
+    real = store.append_predictions
+    calls = []
+
+    def flaky(table, versions):
+        calls.append(table.num_rows)
+        if len(calls) == 1:
+            log.record("during", A, SIG, *_request(rng, 1), 0.001)  # arrives while the failing flush runs
+            raise RuntimeError("disk full")
+        return real(table, versions)
+
+    monkeypatch.setattr(store, "append_predictions", flaky)
+    for i in range(3):
+        log.record(f"r{i}", A, SIG, *_request(rng, 1), 0.001)
+    assert log.flush()
+    log.close()
+    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == ["r0", "r1", "r2", "during"] and calls[0] == 3
+    assert log.failures._value.get() == 1
