@@ -172,6 +172,10 @@ class PredictionLog:
             "shepherd_prediction_log_dropped", "Requests not logged because the buffer was full", registry=registry
         )
         self.failures = Counter("shepherd_prediction_log_flush_failures", "Flushes that failed and were retried", registry=registry)
+        self.record_errors = Counter(
+            "shepherd_prediction_log_record_errors", "Requests not logged because their tensors did not fit the version's columns",
+            registry=registry,
+        )
         self.buffered = Gauge("shepherd_prediction_log_buffered", "Rows waiting for the next flush", registry=registry)
         self.buffered.set_function(lambda: self._rows)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -203,7 +207,12 @@ class PredictionLog:
                 if seg is not None:
                     self._full.append(seg)
                 seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, cfg.buffer_rows))
-            seg.write(request_id, inputs, outputs, k, latency_s)
+            try:
+                seg.write(request_id, inputs, outputs, k, latency_s)
+            except Exception:  # the log must never fail an answered request; the partial row is not counted
+                self.record_errors.inc()
+                log.exception("prediction_log_record_failed", request_id=request_id)
+                return False
             self._rows += k
             if self._rows >= cfg.flush_rows:
                 self._wake.set()

@@ -115,3 +115,19 @@ def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore,
     ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
     assert ids == ["r0", "r1", "r2", "during"] and calls[0] == 3
     assert log.failures._value.get() == 1
+
+
+def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: EventStore):
+    """A tensor whose size disagrees with the signature is not logged (and counted); the rows around it are."""
+    log = _log(store)
+    rng = np.random.default_rng(3)
+    inputs, outputs = _request(rng, 1)
+    assert log.record("before", A, SIG, inputs, outputs, 0.001)
+    bad = dict(outputs, scores=np.zeros((1, 3), np.float32))  # the signature says 2 scores a row
+    assert not log.record("bad", A, SIG, inputs, bad, 0.001)
+    assert log.record("after", A, SIG, inputs, outputs, 0.001)
+    assert log.record_errors._value.get() == 1
+    assert log.flush()
+    log.close()
+    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == ["before", "after"]
