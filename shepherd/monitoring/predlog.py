@@ -8,10 +8,10 @@ segments, wraps their columns as one Arrow table without copying them, and appen
 in one INSERT.
 
 Why columns and not a queue of request tuples: holding a second's worth of request objects
-(dicts, arrays, tuples) until the flusher walked them cost the event loop 20-35 µs a request on
+(dicts, arrays, tuples) until the flusher walked them cost the event loop 26-33 µs a request on
 the 2-vCPU benchmark VM, and full garbage collections over the held objects stalled it for tens
-of milliseconds (p99 38 ms against 10 ms without the log). Copying a row into a column costs
-about a microsecond (benchmarks/README.md, "Per-thread profile of the log's cost").
+of milliseconds (p99 38-47 ms against 10 ms without the log). Copying a row into columns costs
+1.5-3 µs (benchmarks/README.md, "Prediction log in columns").
 
 Durability: a flush runs when `flush_rows` rows are buffered or `flush_interval_s` has passed,
 whichever is first. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
