@@ -294,11 +294,12 @@ class PredictionLog:
         cutoff = datetime.now(UTC) - timedelta(days=self.cfg.retention_days) if self.cfg.retention_days else None
         try:
             deleted = self.events.apply_retention(cutoff, self.cfg.retention_rows)
+            results = self.events.apply_results_retention(cutoff) if cutoff is not None else 0
         except Exception:
             log.exception("prediction_log_retention_failed")
             return
-        if deleted:
-            log.info("prediction_log_retention", deleted=deleted)
+        if deleted or results:
+            log.info("prediction_log_retention", deleted=deleted, results_deleted=results)
 
 
 

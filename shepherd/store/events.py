@@ -139,6 +139,36 @@ class EventStore:
             cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
         return int(deleted)
 
+    def apply_results_retention(self, older_than: datetime) -> int:
+        """Delete drift windows (and their feature rows) and performance evaluations older than `older_than`.
+
+        The newest drift window and evaluation of each (deployment, version) stay, however old: the
+        monitor resumes from the newest window (its last_seq and window_id), and the API shows the
+        latest evaluation. Returns the windows and evaluations deleted.
+        """
+        cur = self.cursor()
+        cur.execute("BEGIN")
+        try:
+            (windows,) = cur.execute(
+                "DELETE FROM drift_windows w WHERE end_ts < ? AND window_id < "
+                "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.version = w.version)",
+                [older_than],
+            ).fetchone()
+            cur.execute(
+                "DELETE FROM drift_features f WHERE NOT EXISTS (SELECT 1 FROM drift_windows w "
+                "WHERE w.deployment = f.deployment AND w.version = f.version AND w.window_id = f.window_id)"
+            )
+            (evaluations,) = cur.execute(
+                "DELETE FROM performance p WHERE computed_at < ? AND computed_at < "
+                "(SELECT max(computed_at) FROM performance x WHERE x.deployment = p.deployment AND x.version = p.version)",
+                [older_than],
+            ).fetchone()
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return int(windows) + int(evaluations)
+
     def export_parquet(self, dest: Path, deployment: str, start: datetime | None, end: datetime | None) -> int:
         """Write the deployment's logged predictions in [start, end) (with any feedback) to a Parquet file; returns rows."""
         where, params = _range("p.ts", deployment, start, end)

@@ -131,3 +131,34 @@ def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: Ev
     log.close()
     ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
     assert ids == ["before", "after"]
+
+
+def test_results_retention_keeps_the_newest_window_and_evaluation_of_each_version(store: EventStore):
+    """Old drift windows, their feature rows and old evaluations go; each version's newest window and evaluation stay."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    old, new = now - timedelta(days=40), now - timedelta(days=1)
+    cur = store.cursor()
+    windows = [("d", 1, 0, old), ("d", 1, 1, old), ("d", 1, 2, new), ("d", 2, 0, old), ("d", 2, 1, old), ("e", 1, 0, old)]
+    for dep, version, wid, end in windows:
+        cur.execute(
+            "INSERT INTO drift_windows VALUES (?, 'm', ?, ?, ?, ?, 0, 0, 10, 1, 1, 0, 0.0, false, ?)",
+            [dep, version, wid, end - timedelta(hours=1), end, end],
+        )
+        cur.execute(
+            "INSERT INTO drift_features (deployment, version, window_id, feature, role, kind, n, has_data, drifted) "
+            "VALUES (?, ?, ?, 'f', 'input', 'numeric', 10, true, false)",
+            [dep, version, wid],
+        )
+    for dep, version, at in [("d", 1, old), ("d", 1, new), ("d", 2, old - timedelta(days=1)), ("d", 2, old)]:
+        cur.execute("INSERT INTO performance VALUES (?, 'm', ?, ?, 'classification', 10, '{}', NULL, NULL, NULL, NULL)", [dep, version, at])
+
+    deleted = store.apply_results_retention(now - timedelta(days=30))
+
+    kept = sorted(cur.execute("SELECT deployment, version, window_id FROM drift_windows").fetchall())
+    assert kept == [("d", 1, 2), ("d", 2, 1), ("e", 1, 0)]  # d/2 and e/1: old, but their newest
+    assert sorted(cur.execute("SELECT deployment, version, window_id FROM drift_features").fetchall()) == kept
+    evaluations = sorted((d, v, at) for d, v, at in cur.execute("SELECT deployment, version, computed_at FROM performance").fetchall())
+    assert [(d, v) for d, v, _ in evaluations] == [("d", 1), ("d", 2)] and evaluations[1][2] == old
+    assert deleted == 3 + 2
