@@ -132,6 +132,20 @@ def test_every_request_is_logged_with_ids_inputs_outputs_and_slot(appl: Applianc
         np.testing.assert_allclose(g[6], [label, *probs], rtol=1e-6)
 
 
+def test_a_multi_row_request_is_logged_row_by_row(appl: Appliance):
+    """A request of 3 rows becomes 3 logged rows: one id, row indices 0-2, each row's inputs and outputs."""
+    rows = reference_like(3, seed=7)
+    (answer,) = serve(appl, [rows])
+    assert appl.predlog.flush()
+    got = appl.events.cursor().execute('SELECT request_id, "row", x, y FROM predictions ORDER BY seq').fetchall()
+    assert [(g[0], g[1]) for g in got] == [(answer["id"], i) for i in range(3)]
+    labels = answer["outputs"][0]["data"]
+    probs = np.array(answer["outputs"][1]["data"]).reshape(3, -1)
+    for i, g in enumerate(got):
+        np.testing.assert_allclose(g[2], rows[i].astype(np.float64), rtol=1e-6)
+        np.testing.assert_allclose(g[3], [labels[i], *probs[i]], rtol=1e-6)
+
+
 def test_generated_request_ids_are_unique_hex_and_differ_between_processes():
     """Generated ids look like a UUID's hex (32 digits), never repeat, and carry a per-process random prefix."""
     import subprocess
