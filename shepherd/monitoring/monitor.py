@@ -234,12 +234,19 @@ class Monitor:
         if dp.window_rows:
             # every complete window waiting: one query, and one transaction to store them all
             table = self.events.window_rows(deployment, version, last_seq, dp.window_rows * MAX_WINDOWS_PER_TICK)
+            complete = table.num_rows // dp.window_rows
+            # x and y of all the windows converted at once: each conversion lets the event loop's GIL go
+            # and come back several times, and every such hand-off costs it (benchmarks/README.md)
+            xs, ys = (list_matrix(table, "x"), list_matrix(table, "y")) if complete else (None, None)
             done = []
-            for k in range(table.num_rows // dp.window_rows):
-                chunk = table.slice(k * dp.window_rows, dp.window_rows)
+            for k in range(complete):
+                lo, hi = k * dp.window_rows, (k + 1) * dp.window_rows
+                chunk = table.slice(lo, dp.window_rows)
                 start, end = chunk.column("ts")[0].as_py(), chunk.column("ts")[-1].as_py()
                 window_id += 1
-                done.append(self._evaluate(deployment, model, version, window_id, start, end, chunk, ref, policy, now, last_seq))
+                done.append(self._evaluate(
+                    deployment, model, version, window_id, start, end, chunk, ref, policy, now, last_seq, (xs[lo:hi], ys[lo:hi])
+                ))
                 last_seq = done[-1][0]["last_seq"]
             self._store(done, policy)
             return
@@ -265,10 +272,14 @@ class Monitor:
     def _evaluate(
         self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
         table: pa.Table, ref: VersionReference, policy: Policy, now: datetime, after_seq: int,
+        xy: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], pa.Table, list[dict[str, Any]]]:
-        """Run the kernels over one window: (window row, per-feature table, per-feature dicts); nothing stored yet."""
+        """Run the kernels over one window: (window row, per-feature table, per-feature dicts); nothing stored yet.
+
+        `xy`: the window's x and y matrices when the caller converted them already (else read from `table`).
+        """
         layout = self.layout_of(model, version)
-        x, y = list_matrix(table, "x"), list_matrix(table, "y")
+        x, y = xy if xy is not None else (list_matrix(table, "x"), list_matrix(table, "y"))
         if x.shape[1] == 0:
             x = np.empty((0, len(layout.x_names)))
         if y.shape[1] == 0:

@@ -305,13 +305,15 @@ class EventStore:
             return
         cur = self.cursor()
         features = pa.concat_tables([f for _, f in windows])
+        # One INSERT for all the windows (executemany ran one statement per window, each a GIL hand-off).
+        rows = pa.Table.from_pylist([w for w, _ in windows])
         cur.register("feat_in", features)
+        cur.register("win_in", rows)
         try:
             cur.execute("BEGIN")
-            cur.executemany(
-                "INSERT INTO drift_windows VALUES ($deployment, $model, $version, $window_id, $start_ts, $end_ts, $first_seq, "
-                "$last_seq, $n_rows, $n_features, $n_evaluated, $n_drifted, $share, $drifted, $computed_at)",
-                [w for w, _ in windows],
+            cur.execute(
+                "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
+                "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in"
             )
             cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
             cur.execute("COMMIT")
@@ -320,6 +322,7 @@ class EventStore:
             raise
         finally:
             cur.unregister("feat_in")
+            cur.unregister("win_in")
 
     def windows(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
         where, params = _range("end_ts", deployment, start, end)
