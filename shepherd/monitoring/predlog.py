@@ -302,7 +302,6 @@ class PredictionLog:
             log.info("prediction_log_retention", deleted=deleted, results_deleted=results)
 
 
-
 def _rows(tensors: dict[str, np.ndarray]) -> int:
     for a in tensors.values():
         return a.shape[0] if a.ndim else 1

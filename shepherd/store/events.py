@@ -17,7 +17,8 @@ Tables:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ CREATE TABLE IF NOT EXISTS performance (
     baseline_metric VARCHAR, baseline DOUBLE, current DOUBLE, drop DOUBLE
 );
 """
+
+
+@contextlib.contextmanager
+def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN on `cur`, COMMIT when the block ends, ROLLBACK (and re-raise) when it or the COMMIT fails."""
+    try:
+        cur.execute("BEGIN")
+        yield cur
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -146,9 +159,7 @@ class EventStore:
         monitor resumes from the newest window (its last_seq and window_id), and the API shows the
         latest evaluation. Returns the windows and evaluations deleted.
         """
-        cur = self.cursor()
-        cur.execute("BEGIN")
-        try:
+        with _transaction(self.cursor()) as cur:
             (windows,) = cur.execute(
                 "DELETE FROM drift_windows w WHERE end_ts < ? AND window_id < "
                 "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.version = w.version)",
@@ -163,10 +174,6 @@ class EventStore:
                 "(SELECT max(computed_at) FROM performance x WHERE x.deployment = p.deployment AND x.version = p.version)",
                 [older_than],
             ).fetchone()
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         return int(windows) + int(evaluations)
 
     def export_parquet(self, dest: Path, deployment: str, start: datetime | None, end: datetime | None) -> int:
@@ -242,16 +249,12 @@ class EventStore:
         })
         cur.register("fb_in", incoming)
         try:
-            cur.execute("BEGIN")
-            (replaced,) = cur.execute(
-                "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
-            ).fetchone()
-            cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
-            cur.execute("COMMIT")
+            with _transaction(cur):
+                (replaced,) = cur.execute(
+                    "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
+                ).fetchone()
+                cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
             self.feedback_generation += 1
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         finally:
             cur.unregister("fb_in")
         return int(replaced)
@@ -310,16 +313,12 @@ class EventStore:
         cur.register("feat_in", features)
         cur.register("win_in", rows)
         try:
-            cur.execute("BEGIN")
-            cur.execute(
-                "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
-                "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in"
-            )
-            cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+            with _transaction(cur):
+                cur.execute(
+                    "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
+                    "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in"
+                )
+                cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
         finally:
             cur.unregister("feat_in")
             cur.unregister("win_in")
