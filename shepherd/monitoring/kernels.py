@@ -727,28 +727,38 @@ def _js_psi(counts: np.ndarray, n: int, ref_props: np.ndarray, eps: float) -> tu
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _numeric_kernel(X, ref, ref_off, edges, edge_off, props, ref_std, eps):
-    n_rows, n_feat = X.shape
-    psi = np.full(n_feat, np.nan)
-    ks = np.full(n_feat, np.nan)
-    ksp = np.full(n_feat, np.nan)
-    w1 = np.full(n_feat, np.nan)
-    w1n = np.full(n_feat, np.nan)
-    js = np.full(n_feat, np.nan)
-    miss = np.full(n_feat, np.nan)
-    count = np.zeros(n_feat, dtype=np.int64)
-    has = np.zeros(n_feat, dtype=np.bool_)
-    for f in prange(n_feat):
+def _numeric_kernel(X, bounds, ref, ref_off, edges, edge_off, props, ref_std, eps):
+    """Every numeric feature of every window: window w is rows bounds[w]:bounds[w + 1] of X; results are (windows, features).
+
+    All the windows of a monitor pass go through one call: each call of a nogil kernel hands the
+    GIL away and takes it back, and every such hand-off costs the serving event loop.
+    """
+    n_feat = X.shape[1]
+    n_win = len(bounds) - 1
+    psi = np.full((n_win, n_feat), np.nan)
+    ks = np.full((n_win, n_feat), np.nan)
+    ksp = np.full((n_win, n_feat), np.nan)
+    w1 = np.full((n_win, n_feat), np.nan)
+    w1n = np.full((n_win, n_feat), np.nan)
+    js = np.full((n_win, n_feat), np.nan)
+    miss = np.full((n_win, n_feat), np.nan)
+    count = np.zeros((n_win, n_feat), dtype=np.int64)
+    has = np.zeros((n_win, n_feat), dtype=np.bool_)
+    for i in prange(n_win * n_feat):
+        w = i // n_feat
+        f = i % n_feat
+        lo = bounds[w]
+        n_rows = bounds[w + 1] - lo
         buf = np.empty(n_rows)
         k = 0
-        for r in range(n_rows):
+        for r in range(lo, lo + n_rows):
             v = X[r, f]
             if math.isfinite(v):
                 buf[k] = v
                 k += 1
-        count[f] = k
+        count[w, f] = k
         if n_rows > 0:
-            miss[f] = (n_rows - k) / n_rows
+            miss[w, f] = (n_rows - k) / n_rows
         r0 = ref_off[f]
         r1 = ref_off[f + 1]
         if k == 0 or r1 == r0:
@@ -756,7 +766,7 @@ def _numeric_kernel(X, ref, ref_off, edges, edge_off, props, ref_std, eps):
         cur = buf[:k]
         _sort_finite(cur)
         rs = ref[r0:r1]
-        d, w = _ks_w1(cur, rs)
+        d, wd = _ks_w1(cur, rs)
         d, p = ks_pvalue(d, k, r1 - r0)
         e0 = edge_off[f]
         e1 = edge_off[f + 1]
@@ -772,36 +782,42 @@ def _numeric_kernel(X, ref, ref_off, edges, edge_off, props, ref_std, eps):
         counts[ne] = k - pos
         ps, jsd = _js_psi(counts, k, props[e0 + f:e1 + f + 1], eps)
         sd = ref_std[f]
-        psi[f] = ps
-        ks[f] = d
-        ksp[f] = p
-        w1[f] = w
+        psi[w, f] = ps
+        ks[w, f] = d
+        ksp[w, f] = p
+        w1[w, f] = wd
         if sd > 0.0:
-            w1n[f] = w / sd
+            w1n[w, f] = wd / sd
         else:
-            w1n[f] = 0.0 if w == 0.0 else np.inf
-        js[f] = jsd
-        has[f] = True
+            w1n[w, f] = 0.0 if wd == 0.0 else np.inf
+        js[w, f] = jsd
+        has[w, f] = True
     return psi, ks, ksp, w1, w1n, js, miss, count, has
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _categorical_kernel(C, ref_props, cat_off, floor):
-    n_rows, n_feat = C.shape
-    stat = np.full(n_feat, np.nan)
-    pval = np.full(n_feat, np.nan)
-    dof = np.zeros(n_feat, dtype=np.int64)
-    js = np.full(n_feat, np.nan)
-    miss = np.full(n_feat, np.nan)
-    count = np.zeros(n_feat, dtype=np.int64)
-    unseen = np.zeros(n_feat, dtype=np.int64)
-    has = np.zeros(n_feat, dtype=np.bool_)
-    for f in prange(n_feat):
+def _categorical_kernel(C, bounds, ref_props, cat_off, floor):
+    """Every categorical feature of every window (rows bounds[w]:bounds[w + 1] of C); results are (windows, features)."""
+    n_feat = C.shape[1]
+    n_win = len(bounds) - 1
+    stat = np.full((n_win, n_feat), np.nan)
+    pval = np.full((n_win, n_feat), np.nan)
+    dof = np.zeros((n_win, n_feat), dtype=np.int64)
+    js = np.full((n_win, n_feat), np.nan)
+    miss = np.full((n_win, n_feat), np.nan)
+    count = np.zeros((n_win, n_feat), dtype=np.int64)
+    unseen = np.zeros((n_win, n_feat), dtype=np.int64)
+    has = np.zeros((n_win, n_feat), dtype=np.bool_)
+    for i in prange(n_win * n_feat):
+        w = i // n_feat
+        f = i % n_feat
+        lo = bounds[w]
+        n_rows = bounds[w + 1] - lo
         c0 = cat_off[f]
         n_cat = cat_off[f + 1] - c0
         counts = np.zeros(n_cat + 1, dtype=np.int64)
         n_missing = 0
-        for r in range(n_rows):
+        for r in range(lo, lo + n_rows):
             code = C[r, f]
             if code < 0:
                 n_missing += 1
@@ -810,10 +826,10 @@ def _categorical_kernel(C, ref_props, cat_off, floor):
             else:
                 counts[code] += 1
         n = n_rows - n_missing
-        count[f] = n
-        unseen[f] = counts[n_cat]
+        count[w, f] = n
+        unseen[w, f] = counts[n_cat]
         if n_rows > 0:
-            miss[f] = n_missing / n_rows
+            miss[w, f] = n_missing / n_rows
         if n == 0 or n_cat == 0:
             continue
         nb = n_cat + 1 if counts[n_cat] > 0 else n_cat
@@ -828,11 +844,11 @@ def _categorical_kernel(C, ref_props, cat_off, floor):
             diff = counts[b] - e
             s += diff * diff / e
         ps, jsd = _js_psi(counts[:nb], n, q, floor)
-        dof[f] = nb - 1
-        stat[f] = s
-        pval[f] = chi2_sf(s, nb - 1) if nb > 1 else 1.0
-        js[f] = jsd
-        has[f] = True
+        dof[w, f] = nb - 1
+        stat[w, f] = s
+        pval[w, f] = chi2_sf(s, nb - 1) if nb > 1 else 1.0
+        js[w, f] = jsd
+        has[w, f] = True
     return stat, pval, dof, js, miss, count, unseen, has
 
 
@@ -912,39 +928,72 @@ def _categorical_input(profile: ReferenceProfile, current: np.ndarray | Mapping[
     return c if c.flags.writeable else c.copy()
 
 
+def _bounds(rows: int, bounds: Any) -> np.ndarray:
+    """Window row offsets: [0, rows] (one window) when None; else ascending offsets from 0 to rows."""
+    if bounds is None:
+        return np.array([0, rows], dtype=np.int64)
+    b = np.ascontiguousarray(bounds, dtype=np.int64)
+    if b.ndim != 1 or len(b) < 2 or b[0] != 0 or b[-1] != rows or np.any(np.diff(b) < 0):
+        raise ValueError(f"window bounds must ascend from 0 to {rows} rows, got {b.tolist()}")
+    return b
+
+
 def numeric_drift(profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any]) -> NumericDriftResult:
     """Drift of every numeric feature of a window (rows x features matrix, or column mapping) against the profile."""
+    return numeric_drift_windows(profile, current)[0]
+
+
+def numeric_drift_windows(
+    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None,
+) -> list[NumericDriftResult]:
+    """numeric_drift of consecutive windows of `current` in one kernel call: window w is rows bounds[w]:bounds[w + 1]."""
     x = _numeric_input(profile, current)
+    b = _bounds(x.shape[0], bounds)
     ref_off = np.asarray(profile.sample_offsets, dtype=np.int64)
     edge_off = np.asarray(profile.edge_offsets, dtype=np.int64)
     std = np.array([f.std for f in profile.numeric], dtype=np.float64)
     with _LOCK:
         psi, ks, ksp, w1, w1n, js, miss, n, has = _numeric_kernel(
-            x, profile.samples_array(), ref_off, profile.edges_array(), edge_off,
+            x, b, profile.samples_array(), ref_off, profile.edges_array(), edge_off,
             profile.proportions_array(), std, PSI_EPSILON)
-    return NumericDriftResult(
-        names=tuple(profile.numeric_names), n_rows=int(x.shape[0]), psi=psi, ks_stat=ks, ks_pvalue=ksp,
-        wasserstein=w1, wasserstein_norm=w1n, js=js, missing_rate=miss,
-        ref_missing_rate=np.array([f.missing_rate for f in profile.numeric], dtype=np.float64),
-        n=n, has_data=has,
-    )
+    names = tuple(profile.numeric_names)
+    ref_missing = np.array([f.missing_rate for f in profile.numeric], dtype=np.float64)
+    return [
+        NumericDriftResult(
+            names=names, n_rows=int(b[w + 1] - b[w]), psi=psi[w], ks_stat=ks[w], ks_pvalue=ksp[w],
+            wasserstein=w1[w], wasserstein_norm=w1n[w], js=js[w], missing_rate=miss[w],
+            ref_missing_rate=ref_missing, n=n[w], has_data=has[w],
+        )
+        for w in range(len(b) - 1)
+    ]
 
 
 def categorical_drift(profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any]) -> CategoricalDriftResult:
     """Drift of every categorical feature of a window (int64 codes matrix, or column mapping) against the profile."""
+    return categorical_drift_windows(profile, current)[0]
+
+
+def categorical_drift_windows(
+    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None,
+) -> list[CategoricalDriftResult]:
+    """categorical_drift of consecutive windows of `current` in one kernel call (see numeric_drift_windows)."""
     c = _categorical_input(profile, current)
+    b = _bounds(c.shape[0], bounds)
     freqs = [f.frequencies() for f in profile.categorical]
     props = np.concatenate(freqs) if freqs else np.zeros(0)
     off = np.zeros(len(freqs) + 1, dtype=np.int64)
     np.cumsum([len(f) for f in freqs], out=off[1:])
     with _LOCK:
-        stat, pval, dof, js, miss, n, unseen, has = _categorical_kernel(c, props, off, CHI2_FLOOR)
-    return CategoricalDriftResult(
-        names=tuple(profile.categorical_names), n_rows=int(c.shape[0]), chi2_stat=stat, chi2_pvalue=pval,
-        chi2_dof=dof, js=js, missing_rate=miss,
-        ref_missing_rate=np.array([f.missing_rate for f in profile.categorical], dtype=np.float64),
-        n=n, n_unseen=unseen, has_data=has,
-    )
+        stat, pval, dof, js, miss, n, unseen, has = _categorical_kernel(c, b, props, off, CHI2_FLOOR)
+    names = tuple(profile.categorical_names)
+    ref_missing = np.array([f.missing_rate for f in profile.categorical], dtype=np.float64)
+    return [
+        CategoricalDriftResult(
+            names=names, n_rows=int(b[w + 1] - b[w]), chi2_stat=stat[w], chi2_pvalue=pval[w], chi2_dof=dof[w],
+            js=js[w], missing_rate=miss[w], ref_missing_rate=ref_missing, n=n[w], n_unseen=unseen[w], has_data=has[w],
+        )
+        for w in range(len(b) - 1)
+    ]
 
 
 def benjamini_hochberg(pvalues: Any) -> np.ndarray:

@@ -235,19 +235,20 @@ class Monitor:
             # every complete window waiting: one query, and one transaction to store them all
             table = self.events.window_rows(deployment, version, last_seq, dp.window_rows * MAX_WINDOWS_PER_TICK)
             complete = table.num_rows // dp.window_rows
-            # x and y of all the windows converted at once: each conversion lets the event loop's GIL go
-            # and come back several times, and every such hand-off costs it (benchmarks/README.md)
-            xs, ys = (list_matrix(table, "x"), list_matrix(table, "y")) if complete else (None, None)
+            # x and y of all the windows converted at once, and each kernel run once over all of
+            # them: every conversion and kernel call lets the event loop's GIL go and come back,
+            # and every such hand-off costs it (benchmarks/README.md)
+            if complete:
+                bounds = np.arange(complete + 1) * dp.window_rows
+                n = bounds[-1]
+                results = self._drift_columns(model, version, ref, list_matrix(table, "x")[:n], list_matrix(table, "y")[:n], bounds)
             done = []
             for k in range(complete):
-                lo, hi = k * dp.window_rows, (k + 1) * dp.window_rows
-                chunk = table.slice(lo, dp.window_rows)
+                chunk = table.slice(k * dp.window_rows, dp.window_rows)
                 start, end = chunk.column("ts")[0].as_py(), chunk.column("ts")[-1].as_py()
                 window_id += 1
-                done.append(self._evaluate(
-                    deployment, model, version, window_id, start, end, chunk, ref, policy, now, last_seq, (xs[lo:hi], ys[lo:hi])
-                ))
-                last_seq = done[-1][0]["last_seq"]
+                done.append(self._evaluate(deployment, model, version, window_id, start, end, chunk, policy, now, last_seq, results[k]))
+                last_seq = done[-1].window["last_seq"]
             self._store(done, policy)
             return
         length = timedelta(seconds=dp.window_seconds)
@@ -264,41 +265,40 @@ class Monitor:
                 return
             table = self.events.window_by_time(deployment, version, start, end)
             window_id += 1
-            evaluated = self._evaluate(deployment, model, version, window_id, start, end, table, ref, policy, now, last_seq)
-            last_seq = evaluated[0]["last_seq"]
+            x, y = list_matrix(table, "x"), list_matrix(table, "y")
+            (results,) = self._drift_columns(model, version, ref, x, y, np.array([0, table.num_rows]))
+            evaluated = self._evaluate(deployment, model, version, window_id, start, end, table, policy, now, last_seq, results)
+            last_seq = evaluated.window["last_seq"]
             self._store([evaluated], policy)
             last_end = end
 
+    def _drift_columns(
+        self, model: str, version: int, ref: VersionReference, x: np.ndarray, y: np.ndarray, bounds: np.ndarray,
+    ) -> list[dict[str, np.ndarray]]:
+        """Per-feature result columns (inputs, then outputs) of each window x[bounds[k]:bounds[k + 1]] (and y's)."""
+        layout = self.layout_of(model, version)
+        if x.shape[1] == 0:
+            x = np.empty((len(x), len(layout.x_names)))
+        if y.shape[1] == 0:
+            y = np.empty((len(y), len(layout.y_names)))
+        parts = [_profile_columns(ref.inputs, layout.x_names, x, "input", bounds)]
+        if ref.outputs is not None:
+            parts.append(_profile_columns(ref.outputs, layout.y_names, y, "output", bounds))
+        return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(bounds) - 1)]
+
     def _evaluate(
         self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
-        table: pa.Table, ref: VersionReference, policy: Policy, now: datetime, after_seq: int,
-        xy: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[dict[str, Any], pa.Table, list[dict[str, Any]]]:
-        """Run the kernels over one window: (window row, per-feature table, per-feature dicts); nothing stored yet.
-
-        `xy`: the window's x and y matrices when the caller converted them already (else read from `table`).
-        """
-        layout = self.layout_of(model, version)
-        x, y = xy if xy is not None else (list_matrix(table, "x"), list_matrix(table, "y"))
-        if x.shape[1] == 0:
-            x = np.empty((0, len(layout.x_names)))
-        if y.shape[1] == 0:
-            y = np.empty((0, len(layout.y_names)))
-        rows: list[dict[str, Any]] = []
-        rows += _profile_rows(ref.inputs, layout.x_names, x, "input")
-        if ref.outputs is not None:
-            rows += _profile_rows(ref.outputs, layout.y_names, y, "output")
+        table: pa.Table, policy: Policy, now: datetime, after_seq: int, f: dict[str, np.ndarray],
+    ) -> Evaluated:
+        """Judge one window from its per-feature results `f` (from _drift_columns); nothing stored yet."""
         dp = policy.drift
-        pvals = np.array([r["ks_pvalue"] if r["kind"] == "numeric" else r["chi2_pvalue"] for r in rows], dtype=np.float64)
-        pvals = np.where([r["has_data"] for r in rows], pvals, np.nan) if rows else pvals
-        adjusted = kernels.benjamini_hochberg(pvals) if rows else pvals
-        for r, p in zip(rows, adjusted):
-            r["pvalue_adjusted"] = None if np.isnan(p) else float(p)
-            psi_hit = r["psi"] is not None and r["psi"] > dp.psi_threshold
-            r["drifted"] = bool(r["has_data"] and (psi_hit or (r["pvalue_adjusted"] is not None and r["pvalue_adjusted"] < dp.p_value)))
-        verdict = kernels.dataset_verdict(
-            np.array([r["drifted"] for r in rows], dtype=bool), np.array([r["has_data"] for r in rows], dtype=bool), dp.drift_share
-        )
+        has = f["has_data"]
+        # NaN stands for "no value" in every statistic column (no data, or not finite)
+        pvals = np.where(has, np.where(f["kind"] == "numeric", f["ks_pvalue"], f["chi2_pvalue"]), np.nan)
+        f["pvalue_adjusted"] = kernels.benjamini_hochberg(pvals) if len(pvals) else pvals
+        with np.errstate(invalid="ignore"):
+            f["drifted"] = has & ((f["psi"] > dp.psi_threshold) | (f["pvalue_adjusted"] < dp.p_value))
+        verdict = kernels.dataset_verdict(f["drifted"], has, dp.drift_share)
         first_seq = int(table.column("seq")[0].as_py()) if table.num_rows else after_seq
         last_seq = int(table.column("seq")[-1].as_py()) if table.num_rows else after_seq
         window = {
@@ -307,38 +307,46 @@ class Monitor:
             "n_features": verdict.n_features, "n_evaluated": verdict.n_evaluated, "n_drifted": verdict.n_drifted,
             "share": verdict.share_drifted, "drifted": verdict.drifted, "computed_at": now,
         }
-        features = pa.Table.from_pylist(
-            [{"deployment": deployment, "version": version, "window_id": window_id, **r} for r in rows], schema=FEATURE_SCHEMA
-        )
-        return window, features, rows
+        return Evaluated(window, f)
 
-    def _store(self, evaluated: list[tuple[dict[str, Any], pa.Table, list[dict[str, Any]]]], policy: Policy) -> None:
-        """Store a pass's windows in one transaction, then update the gauges and raise what drifted."""
-        self.events.save_windows([(w, f) for w, f, _ in evaluated])
-        for window, _, rows in evaluated:
-            deployment, model, version, window_id = window["deployment"], window["model"], window["version"], window["window_id"]
-            labels = (deployment, model, str(version))
-            self.g_share.labels(*labels).set(window["share"])
-            self.g_drifted.labels(*labels).set(1 if window["drifted"] else 0)
-            self.g_rows.labels(*labels).set(window["n_rows"])
-            for r in rows:
-                if r["psi"] is not None:
-                    self.g_psi.labels(*labels, r["feature"]).set(r["psi"])
-                if r["pvalue_adjusted"] is not None:
-                    self.g_pval.labels(*labels, r["feature"]).set(r["pvalue_adjusted"])
-            log.info(
-                "drift_window", deployment=deployment, model=model, version=version, window_id=window_id, rows=window["n_rows"],
-                share=round(window["share"], 4), drifted=window["drifted"],
+    def _store(self, evaluated: list[Evaluated], policy: Policy) -> None:
+        """Store a pass's windows in one transaction, then update the gauges and raise what drifted.
+
+        The gauges show the newest window; one log line sums up the pass. At thousands of requests
+        a second count windows close several times a second, and a gauge update per feature and a
+        log line per window were most of the monitor's Python time (benchmarks/README.md).
+        """
+        if not evaluated:
+            return
+        self.events.save_windows([e.window for e in evaluated], _features_table(evaluated))
+        last = evaluated[-1].window
+        deployment, model, version = last["deployment"], last["model"], last["version"]
+        labels = (deployment, model, str(version))
+        self.g_share.labels(*labels).set(last["share"])
+        self.g_drifted.labels(*labels).set(1 if last["drifted"] else 0)
+        self.g_rows.labels(*labels).set(last["n_rows"])
+        f = evaluated[-1].features
+        for name, psi, p in zip(f["feature"], f["psi"].tolist(), f["pvalue_adjusted"].tolist()):
+            if math.isfinite(psi):
+                self.g_psi.labels(*labels, name).set(psi)
+            if math.isfinite(p):
+                self.g_pval.labels(*labels, name).set(p)
+        drifted = [e for e in evaluated if e.window["drifted"]]
+        log.info(
+            "drift_windows", deployment=deployment, model=model, version=version, windows=len(evaluated),
+            first_window_id=evaluated[0].window["window_id"], last_window_id=last["window_id"],
+            rows=sum(e.window["n_rows"] for e in evaluated), drifted_windows=len(drifted), last_share=round(last["share"], 4),
+        )
+        for e in drifted:
+            window, window_id = e.window, e.window["window_id"]
+            features = [str(n) for n in e.features["feature"][e.features["drifted"]]]
+            self._alert(
+                deployment, "data_drift", "warning", policy,
+                f"{deployment}: {model} v{version} drifted in window {window_id}: {window['n_drifted']} of "
+                f"{window['n_evaluated']} features ({window['share']:.0%} >= {policy.drift.drift_share:.0%})",
+                {"model": model, "version": version, "window_id": window_id, "features": features[:50], "share": window["share"]},
+                key=f"data_drift:{version}",
             )
-            if window["drifted"]:
-                drifted = [r["feature"] for r in rows if r["drifted"]]
-                self._alert(
-                    deployment, "data_drift", "warning", policy,
-                    f"{deployment}: {model} v{version} drifted in window {window_id}: {window['n_drifted']} of "
-                    f"{window['n_evaluated']} features ({window['share']:.0%} >= {policy.drift.drift_share:.0%})",
-                    {"model": model, "version": version, "window_id": window_id, "features": drifted[:50], "share": window["share"]},
-                    key=f"data_drift:{version}",
-                )
 
     # -- performance ----------------------------------------------------------------------
 
@@ -485,39 +493,88 @@ FEATURE_SCHEMA = pa.schema([
     ("wasserstein_norm", pa.float64()), ("js", pa.float64()), ("chi2", pa.float64()), ("chi2_pvalue", pa.float64()),
     ("pvalue_adjusted", pa.float64()), ("missing_rate", pa.float64()), ("ref_missing_rate", pa.float64()), ("drifted", pa.bool_()),
 ])
+STATISTICS = ("psi", "ks", "ks_pvalue", "wasserstein", "wasserstein_norm", "js", "chi2", "chi2_pvalue")
+"""Per-feature statistics that only a feature with data has (NaN, stored NULL, otherwise)."""
 
 
-def _num(v: float) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
+class Evaluated:
+    """One evaluated window: its drift_windows row, and its per-feature results as columns.
+
+    `features` holds arrays in feature order: `feature`, `role` and `kind` (str), `n`, `has_data`,
+    `drifted`, and a float64 array per statistic of FEATURE_SCHEMA, NaN where it has no value.
+    """
+
+    __slots__ = ("window", "features")
+
+    def __init__(self, window: dict[str, Any], features: dict[str, np.ndarray]) -> None:
+        self.window = window
+        self.features = features
 
 
-def _profile_rows(profile: Any, names: list[str], matrix: np.ndarray, role: str) -> list[dict[str, Any]]:
-    """Run the kernels for one profile over the matching columns of a window; one dict per feature."""
+def _profile_columns(profile: Any, names: list[str], matrix: np.ndarray, role: str, bounds: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Run the kernels for one profile over the matching columns of each window: one array per result column."""
     index = {n: j for j, n in enumerate(names)}
-    out: list[dict[str, Any]] = []
+    parts: list[list[dict[str, np.ndarray]]] = []
     if profile.numeric:
-        cols = [index[n] for n in profile.numeric_names]
-        res = kernels.numeric_drift(profile, np.ascontiguousarray(matrix[:, cols]))
-        for j, name in enumerate(res.names):
-            has = bool(res.has_data[j])
-            out.append({
-                "feature": name, "role": role, "kind": "numeric", "n": int(res.n[j]), "has_data": has,
-                "psi": _num(res.psi[j]) if has else None, "ks": _num(res.ks_stat[j]) if has else None,
-                "ks_pvalue": _num(res.ks_pvalue[j]) if has else None, "wasserstein": _num(res.wasserstein[j]) if has else None,
-                "wasserstein_norm": _num(res.wasserstein_norm[j]) if has else None, "js": _num(res.js[j]) if has else None,
-                "chi2": None, "chi2_pvalue": None, "missing_rate": _num(res.missing_rate[j]),
-                "ref_missing_rate": _num(res.ref_missing_rate[j]),
+        cols = np.ascontiguousarray(matrix[:, [index[n] for n in profile.numeric_names]])
+        nan = np.full(len(profile.numeric_names), np.nan)
+        parts.append([
+            _result_columns(res, role, "numeric", {
+                "psi": res.psi, "ks": res.ks_stat, "ks_pvalue": res.ks_pvalue, "wasserstein": res.wasserstein,
+                "wasserstein_norm": res.wasserstein_norm, "js": res.js, "chi2": nan, "chi2_pvalue": nan,
             })
+            for res in kernels.numeric_drift_windows(profile, cols, bounds)
+        ])
     if profile.categorical:
         # both the reference and the window are float64 columns here, so categories compare alike
-        res = kernels.categorical_drift(profile, profile.categorical_codes({n: matrix[:, index[n]] for n in profile.categorical_names}))
-        for j, name in enumerate(res.names):
-            has = bool(res.has_data[j])
-            out.append({
-                "feature": name, "role": role, "kind": "categorical", "n": int(res.n[j]), "has_data": has,
-                "psi": None, "ks": None, "ks_pvalue": None, "wasserstein": None, "wasserstein_norm": None,
-                "js": _num(res.js[j]) if has else None, "chi2": _num(res.chi2_stat[j]) if has else None,
-                "chi2_pvalue": _num(res.chi2_pvalue[j]) if has else None, "missing_rate": _num(res.missing_rate[j]),
-                "ref_missing_rate": _num(res.ref_missing_rate[j]),
+        codes = profile.categorical_codes({n: matrix[:, index[n]] for n in profile.categorical_names})
+        nan = np.full(len(profile.categorical_names), np.nan)
+        parts.append([
+            _result_columns(res, role, "categorical", {
+                "psi": nan, "ks": nan, "ks_pvalue": nan, "wasserstein": nan, "wasserstein_norm": nan, "js": res.js,
+                "chi2": res.chi2_stat, "chi2_pvalue": res.chi2_pvalue,
             })
+            for res in kernels.categorical_drift_windows(profile, codes, bounds)
+        ])
+    if not parts:
+        return [_result_columns(None, role, "numeric", {k: np.empty(0) for k in STATISTICS}) for _ in range(len(bounds) - 1)]
+    return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(bounds) - 1)]
+
+
+def _result_columns(res: Any, role: str, kind: str, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A kernel result as result columns; a statistic of a feature without data is NaN."""
+    names = list(res.names) if res is not None else []
+    has = np.asarray(res.has_data, dtype=bool) if res is not None else np.empty(0, dtype=bool)
+    out: dict[str, np.ndarray] = {
+        "feature": np.array(names, dtype=object), "role": np.full(len(names), role, dtype=object),
+        "kind": np.full(len(names), kind, dtype=object),
+        "n": np.asarray(res.n, dtype=np.int64) if res is not None else np.empty(0, dtype=np.int64), "has_data": has,
+    }
+    for key in STATISTICS:
+        out[key] = np.where(has, np.asarray(stats[key], dtype=np.float64), np.nan)
+    out["missing_rate"] = np.asarray(res.missing_rate, dtype=np.float64) if res is not None else np.empty(0)
+    out["ref_missing_rate"] = np.asarray(res.ref_missing_rate, dtype=np.float64) if res is not None else np.empty(0)
     return out
+
+
+def _features_table(evaluated: list[Evaluated]) -> pa.Table:
+    """The drift_features rows of a pass's windows, as one Arrow table (a non-finite statistic is NULL)."""
+    columns: dict[str, pa.Array] = {}
+    counts = [len(e.features["feature"]) for e in evaluated]
+    total = sum(counts)
+    first = evaluated[0].window
+    for field in FEATURE_SCHEMA:
+        name = field.name
+        if name == "deployment":
+            columns[name] = pa.repeat(pa.scalar(first["deployment"], pa.string()), total)
+        elif name == "version":
+            columns[name] = pa.array(np.full(total, first["version"], dtype=np.int32))
+        elif name == "window_id":
+            columns[name] = pa.array(np.repeat([e.window["window_id"] for e in evaluated], counts).astype(np.int64))
+        else:
+            values = np.concatenate([e.features[name] for e in evaluated])
+            if field.type == pa.float64():
+                columns[name] = pa.array(values, pa.float64(), mask=~np.isfinite(values))
+            else:
+                columns[name] = pa.array(values, field.type)
+    return pa.table(columns, schema=FEATURE_SCHEMA)

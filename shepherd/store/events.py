@@ -302,14 +302,13 @@ class EventStore:
         ).fetchone()
         return (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
 
-    def save_windows(self, windows: list[tuple[dict[str, Any], pa.Table]]) -> None:
-        """Store windows and their per-feature rows, all in one transaction."""
+    def save_windows(self, windows: list[dict[str, Any]], features: pa.Table) -> None:
+        """Store windows (drift_windows rows) and their per-feature rows, all in one transaction."""
         if not windows:
             return
         cur = self.cursor()
-        features = pa.concat_tables([f for _, f in windows])
         # One INSERT for all the windows (executemany ran one statement per window, each a GIL hand-off).
-        rows = pa.Table.from_pylist([w for w, _ in windows])
+        rows = pa.Table.from_pylist(windows)
         cur.register("feat_in", features)
         cur.register("win_in", rows)
         try:

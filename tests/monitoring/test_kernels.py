@@ -359,6 +359,34 @@ def test_verdict_share_property(flags, data, share):
     assert v.feature_drifted.tolist() == [f and h for f, h in zip(flags, has)]
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
+def test_windows_in_one_call_equal_each_window_alone(sizes, seed):
+    """numeric/categorical_drift_windows over consecutive windows (empty ones too) give exactly what one call per window gives."""
+    table = mixed_table()
+    profile = build_profile(table, categorical={"code"})
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    idx = rng.integers(0, 200, n)
+    window = {k: v[idx] for k, v in table.items()}
+    window["x"] = window["x"] + rng.normal(scale=0.5, size=n)  # some drift, some ties with the reference
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    numeric = K.numeric_drift_windows(profile, window, bounds)
+    categorical = K.categorical_drift_windows(profile, window, bounds)
+    assert len(numeric) == len(categorical) == len(sizes)
+    for w in range(len(sizes)):
+        alone = {k: v[bounds[w]:bounds[w + 1]] for k, v in window.items()}
+        assert_results_equal(numeric[w], K.numeric_drift(profile, alone))
+        assert_results_equal(categorical[w], K.categorical_drift(profile, alone))
+
+
+@pytest.mark.parametrize("bounds", [[0], [1, 10], [0, 5, 3, 10], [0, 9], [[0, 10]]])
+def test_window_bounds_are_checked(bounds):
+    profile = build_profile({"x": np.arange(20.0)})
+    with pytest.raises(ValueError, match="window bounds"):
+        K.numeric_drift_windows(profile, np.zeros((10, 1)), bounds)
+
+
 # ---------------------------------------------------------------------------------------------
 # Profiles
 # ---------------------------------------------------------------------------------------------
