@@ -48,6 +48,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -458,7 +459,9 @@ def parse_wrk(out: str) -> Result:
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(x) for x in m.groups())
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return Result(rps=rps, p50_ms=_ms(pct["50"]), p99_ms=_ms(pct["99"]), requests=total, errors=errors)
+    # wrk prints no percentiles when no request completed (a server that stalls for the whole run)
+    p50, p99 = (_ms(pct[k]) if k in pct else math.nan for k in ("50", "99"))
+    return Result(rps=rps, p50_ms=p50, p99_ms=p99, requests=total, errors=errors)
 
 
 def run_wrk(url: str, script: Path, seconds: float, connections: int) -> Result:

@@ -24,6 +24,7 @@ never delayed. Sampling (`sample_rate`) decides per request, before anything is 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -41,6 +42,8 @@ from shepherd.store.events import EventStore, fixed_list
 
 log = structlog.get_logger()
 RETENTION_EVERY_S = 60.0
+RESULTS_RETENTION_EVERY_S = 3600.0
+"""Drift windows and evaluations are kept for days: an hourly pass is precise enough, and each pass scans drift_features."""
 SEGMENT_ROWS = 4096
 """Rows per segment at most; fewer for wide layouts, so that a segment stays near SEGMENT_BYTES."""
 SEGMENT_BYTES = 1 << 20
@@ -166,7 +169,8 @@ class PredictionLog:
         self._seq = events.next_seq()
         self._requested = 0  # flush generations asked for by flush(); the flusher serves them in order
         self._served = 0
-        self._last_retention = 0.0
+        self._last_retention = -math.inf  # the first flush applies retention at once
+        self._last_results_retention = -math.inf
         self.rows = Counter("shepherd_prediction_log_rows", "Request rows written to the prediction log", registry=registry)
         self.dropped = Counter(
             "shepherd_prediction_log_dropped", "Requests not logged because the buffer was full", registry=registry
@@ -292,9 +296,13 @@ class PredictionLog:
             return
         self._last_retention = now
         cutoff = datetime.now(UTC) - timedelta(days=self.cfg.retention_days) if self.cfg.retention_days else None
+        results_due = cutoff is not None and (now - self._last_results_retention >= RESULTS_RETENTION_EVERY_S or self._stop)
         try:
             deleted = self.events.apply_retention(cutoff, self.cfg.retention_rows)
-            results = self.events.apply_results_retention(cutoff) if cutoff is not None else 0
+            results = 0
+            if results_due:
+                self._last_results_retention = now
+                results = self.events.apply_results_retention(cutoff)
         except Exception:
             log.exception("prediction_log_retention_failed")
             return

@@ -160,15 +160,25 @@ class EventStore:
         latest evaluation. Returns the windows and evaluations deleted.
         """
         with _transaction(self.cursor()) as cur:
-            (windows,) = cur.execute(
+            gone = cur.execute(
                 "DELETE FROM drift_windows w WHERE end_ts < ? AND window_id < "
-                "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.version = w.version)",
+                "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.version = w.version) "
+                "RETURNING deployment, version, window_id",
                 [older_than],
-            ).fetchone()
-            cur.execute(
-                "DELETE FROM drift_features f WHERE NOT EXISTS (SELECT 1 FROM drift_windows w "
-                "WHERE w.deployment = f.deployment AND w.version = f.version AND w.window_id = f.window_id)"
-            )
+            ).fetchall()
+            windows = len(gone)
+            if windows:
+                # the feature rows of exactly the deleted windows (an anti-join against the windows left
+                # would hash every remaining window, each time, however little is deleted)
+                deployments, versions, ids = zip(*gone)
+                cur.register("gone", pa.table({"deployment": deployments, "version": versions, "window_id": ids}))
+                try:
+                    cur.execute(
+                        "DELETE FROM drift_features f USING gone g "
+                        "WHERE f.deployment = g.deployment AND f.version = g.version AND f.window_id = g.window_id"
+                    )
+                finally:
+                    cur.unregister("gone")
             (evaluations,) = cur.execute(
                 "DELETE FROM performance p WHERE computed_at < ? AND computed_at < "
                 "(SELECT max(computed_at) FROM performance x WHERE x.deployment = p.deployment AND x.version = p.version)",
