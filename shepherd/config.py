@@ -109,7 +109,7 @@ class MonitoringConfig(Section, kw_only=True):
     flush_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
     """Flush the prediction log at least this often, in seconds: the most that a crash (not a SIGTERM) can lose."""
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    """Delete logged predictions (and their feedback) older than this many days (0: keep forever); drift windows and performance evaluations too, except the newest of each deployment and version."""
+    """Delete logged predictions (and their feedback) older than this many days (0: keep forever; checked every minute); drift windows and performance evaluations too, except the newest of each deployment and version (checked hourly)."""
     retention_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Keep at most this many logged predictions, deleting the oldest first (0: no limit)."""
     interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
