@@ -284,7 +284,7 @@ class Monitor:
         parts = [_profile_columns(ref.inputs, layout.x_names, x, "input", bounds)]
         if ref.outputs is not None:
             parts.append(_profile_columns(ref.outputs, layout.y_names, y, "output", bounds))
-        return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(bounds) - 1)]
+        return _joined(parts)
 
     def _evaluate(
         self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
@@ -313,8 +313,8 @@ class Monitor:
         """Store a pass's windows in one transaction, then update the gauges and raise what drifted.
 
         The gauges show the newest window; one log line sums up the pass. At thousands of requests
-        a second count windows close several times a second, and a gauge update per feature and a
-        log line per window were most of the monitor's Python time (benchmarks/README.md).
+        a second, count windows close several times a second: gauges set per window were overwritten
+        before any scrape, and a log line per window flooded the journal.
         """
         if not evaluated:
             return
@@ -536,24 +536,30 @@ def _profile_columns(profile: Any, names: list[str], matrix: np.ndarray, role: s
             })
             for res in kernels.categorical_drift_windows(profile, codes, bounds)
         ])
-    if not parts:
-        return [_result_columns(None, role, "numeric", {k: np.empty(0) for k in STATISTICS}) for _ in range(len(bounds) - 1)]
-    return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(bounds) - 1)]
+    if not parts:  # a profile without features
+        empty = {key: np.empty(0, dtype=object) for key in ("feature", "role", "kind")}
+        empty |= {"n": np.empty(0, dtype=np.int64), "has_data": np.empty(0, dtype=bool)}
+        empty |= {key: np.empty(0) for key in (*STATISTICS, "missing_rate", "ref_missing_rate")}
+        return [dict(empty) for _ in range(len(bounds) - 1)]
+    return _joined(parts)
+
+
+def _joined(parts: list[list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+    """Per window, the result columns of several feature groups one after the other."""
+    return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(parts[0]))]
 
 
 def _result_columns(res: Any, role: str, kind: str, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A kernel result as result columns; a statistic of a feature without data is NaN."""
-    names = list(res.names) if res is not None else []
-    has = np.asarray(res.has_data, dtype=bool) if res is not None else np.empty(0, dtype=bool)
+    has = np.asarray(res.has_data, dtype=bool)
     out: dict[str, np.ndarray] = {
-        "feature": np.array(names, dtype=object), "role": np.full(len(names), role, dtype=object),
-        "kind": np.full(len(names), kind, dtype=object),
-        "n": np.asarray(res.n, dtype=np.int64) if res is not None else np.empty(0, dtype=np.int64), "has_data": has,
+        "feature": np.array(res.names, dtype=object), "role": np.full(len(has), role, dtype=object),
+        "kind": np.full(len(has), kind, dtype=object), "n": np.asarray(res.n, dtype=np.int64), "has_data": has,
     }
     for key in STATISTICS:
         out[key] = np.where(has, np.asarray(stats[key], dtype=np.float64), np.nan)
-    out["missing_rate"] = np.asarray(res.missing_rate, dtype=np.float64) if res is not None else np.empty(0)
-    out["ref_missing_rate"] = np.asarray(res.ref_missing_rate, dtype=np.float64) if res is not None else np.empty(0)
+    out["missing_rate"] = np.asarray(res.missing_rate, dtype=np.float64)
+    out["ref_missing_rate"] = np.asarray(res.ref_missing_rate, dtype=np.float64)
     return out
 
 
