@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Compile the Numba drift kernels and detectors into their cache now (about 30 s), as the
+	@# installer does: otherwise the first start compiles them in the background while it serves.
+	$(BIN)/python -c 'from shepherd.monitoring import kernels; print("drift kernels compiled in %.1f s" % kernels.warm_up())'
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
