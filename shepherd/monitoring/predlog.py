@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shepherd.config import MonitoringConfig
 from shepherd.monitoring.layout import Tensor, build_layout
+from shepherd.serving.codec import request_rows
 from shepherd.store.events import EventStore, fixed_list
 
 log = structlog.get_logger()
@@ -201,7 +202,7 @@ class PredictionLog:
         columns = self._columns.get(labels)
         if columns is None:
             columns = self._columns[labels] = Columns(signature)
-        k = _rows(inputs)
+        k = request_rows(inputs)
         with self._lock:
             if self._rows + k > cfg.buffer_rows:
                 self.dropped.inc()
@@ -308,12 +309,6 @@ class PredictionLog:
             return
         if deleted or results:
             log.info("prediction_log_retention", deleted=deleted, results_deleted=results)
-
-
-def _rows(tensors: dict[str, np.ndarray]) -> int:
-    for a in tensors.values():
-        return a.shape[0] if a.ndim else 1
-    return 1
 
 
 def _capacity(columns: Columns, k: int, buffer_rows: int) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 
 from shepherd.errors import ShepherdError
+from shepherd.serving.codec import request_rows
 from shepherd.serving.engine import ModelSession
 
 log = structlog.get_logger()
@@ -69,8 +70,7 @@ class Pending:
 
     def __init__(self, inputs: dict[str, np.ndarray], loop: asyncio.AbstractEventLoop | None, labels: tuple) -> None:
         self.inputs = inputs
-        first = next(iter(inputs.values()))
-        self.rows = first.shape[0] if first.ndim else 1
+        self.rows = request_rows(inputs)
         self.future: asyncio.Future = loop.create_future() if loop is not None else None  # type: ignore[assignment]
         self.loop = loop
         self.enqueued = time.perf_counter()

@@ -175,6 +175,17 @@ class DecodedRequest(msgspec.Struct):
     """Request-level parameters, as sent."""
 
 
+def request_rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """Rows in a request: the first axis of its first input (1 for a scalar input or no input).
+
+    The batcher and the prediction log count by it. For a batchable model, inputs whose first
+    axes differ are refused before either sees them (`inference.check_batch_axis`).
+    """
+    for a in inputs.values():
+        return a.shape[0] if a.ndim else 1
+    return 1
+
+
 _Spec = tuple[str, tuple[int, ...]]
 
 
