@@ -726,6 +726,14 @@ def _js_psi(counts: np.ndarray, n: int, ref_props: np.ndarray, eps: float) -> tu
     return psi, math.sqrt(max(js / 2.0, 0.0))
 
 
+@njit(cache=True)
+def _cell(i: int, n_feat: int, bounds: np.ndarray) -> tuple[int, int, int, int]:
+    """Cell i of a (windows x features) kernel: (window, feature, first row, rows), windows being rows bounds[w]:bounds[w + 1]."""
+    w = i // n_feat
+    lo = bounds[w]
+    return w, i % n_feat, lo, bounds[w + 1] - lo
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _numeric_kernel(X, bounds, ref, ref_off, edges, edge_off, props, ref_std, eps):
     """Every numeric feature of every window: window w is rows bounds[w]:bounds[w + 1] of X; results are (windows, features).
@@ -745,10 +753,7 @@ def _numeric_kernel(X, bounds, ref, ref_off, edges, edge_off, props, ref_std, ep
     count = np.zeros((n_win, n_feat), dtype=np.int64)
     has = np.zeros((n_win, n_feat), dtype=np.bool_)
     for i in prange(n_win * n_feat):
-        w = i // n_feat
-        f = i % n_feat
-        lo = bounds[w]
-        n_rows = bounds[w + 1] - lo
+        w, f, lo, n_rows = _cell(i, n_feat, bounds)
         buf = np.empty(n_rows)
         k = 0
         for r in range(lo, lo + n_rows):
@@ -809,10 +814,7 @@ def _categorical_kernel(C, bounds, ref_props, cat_off, floor):
     unseen = np.zeros((n_win, n_feat), dtype=np.int64)
     has = np.zeros((n_win, n_feat), dtype=np.bool_)
     for i in prange(n_win * n_feat):
-        w = i // n_feat
-        f = i % n_feat
-        lo = bounds[w]
-        n_rows = bounds[w + 1] - lo
+        w, f, lo, n_rows = _cell(i, n_feat, bounds)
         c0 = cat_off[f]
         n_cat = cat_off[f + 1] - c0
         counts = np.zeros(n_cat + 1, dtype=np.int64)
