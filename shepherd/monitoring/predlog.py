@@ -1,9 +1,11 @@
 """The prediction log: every served request, written into column buffers and flushed to DuckDB in batches.
 
-The request path calls `record()`, which copies the request's rows straight into preallocated
-columns (a `Segment` per deployment, version and slot): the numeric inputs and outputs flattened
-in the version's layout (`layout.py`) as float64, the request id, the timestamp and the latency.
-No request object outlives its request. A background thread (`flusher`) detaches the filled
+The request path calls `record()`. The request's rows go into preallocated columns (a `Segment`
+per deployment, version and slot): the numeric inputs and outputs flattened in the version's
+layout (`layout.py`) as float64, the request id, the timestamp and the latency. On the event loop,
+`record()` only keeps the request until the end of the loop's iteration; then all the requests
+answered in that iteration are copied in together, one numpy copy per tensor for a wave of one-row
+requests (`_drain`). No request object outlives the loop iteration that answered it. A background thread (`flusher`) detaches the filled
 segments, wraps their columns as one Arrow table without copying them, and appends it to DuckDB
 in one INSERT.
 
@@ -11,7 +13,9 @@ Why columns and not a queue of request tuples: holding a second's worth of reque
 (dicts, arrays, tuples) until the flusher walked them cost the event loop 26-33 µs a request on
 the 2-vCPU benchmark VM, and full garbage collections over the held objects stalled it for tens
 of milliseconds (p99 38-47 ms against 10 ms without the log). Copying a row into columns costs
-1.5-3 µs (benchmarks/README.md, "Prediction log in columns").
+1.5-3 µs in a warm loop, but 8 µs in place in the server, where the HTTP stack has evicted numpy's
+indexing code; hence the copy per wave (benchmarks/README.md, "Prediction log in columns" and
+"The monitor's kernels over all windows at once").
 
 Durability: a flush runs when `flush_rows` rows are buffered or `flush_interval_s` has passed,
 whichever is first. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
@@ -24,6 +28,7 @@ never delayed. Sampling (`sample_rate`) decides per request, before anything is 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
@@ -49,6 +54,8 @@ SEGMENT_ROWS = 4096
 """Rows per segment at most; fewer for wide layouts, so that a segment stays near SEGMENT_BYTES."""
 SEGMENT_BYTES = 1 << 20
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+Record = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float, int]
+"""One answered request: (request id, inputs, outputs, latency in seconds, timestamp in µs since the epoch)."""
 
 
 class Columns:
@@ -90,25 +97,48 @@ class Segment:
     def capacity(self) -> int:
         return len(self.ts)
 
-    def write(self, request_id: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], k: int, latency_s: float) -> None:
+    def write(self, record: Record, k: int) -> None:
         """Copy one request's k rows in (the caller made sure they fit)."""
+        request_id, inputs, outputs, latency_s, ts_us = record
         n = self.n
         cols = self.columns
-        if k == 1:  # the common case, with scalar indexing: about 2 µs for 30 features and two outputs
+        if k == 1:  # with scalar indexing: about 2 µs for 30 features and two outputs
             _fill_one(self.x, n, cols.x, inputs)
             _fill_one(self.y, n, cols.y, outputs)
-            self.ts[n] = time.time_ns() // 1000
+            self.ts[n] = ts_us
             self.latency[n] = latency_s * 1e6
             self.ids.append(request_id)
         else:
             end = n + k
             _fill(self.x, n, end, cols.x, inputs)
             _fill(self.y, n, end, cols.y, outputs)
-            self.ts[n:end] = time.time_ns() // 1000
+            self.ts[n:end] = ts_us
             self.latency[n:end] = latency_s * 1e6
             self.ids.extend([request_id] * k)
             self.row[n:end] = np.arange(k, dtype=np.int32)
         self.n = n + k
+
+    def write_rows(self, records: list[Record]) -> bool:
+        """Copy several one-row requests in with one numpy copy per tensor; False (nothing written) unless
+        every tensor of every request is present with one row's values (the caller then writes them one by one)."""
+        cols = self.columns
+        count = len(records)
+        merged = []
+        for side, placed in ((1, cols.x), (2, cols.y)):
+            for name, where, width in placed:
+                parts = [r[side].get(name) for r in records]
+                if any(a is None or a.size != width for a in parts):
+                    return False
+                merged.append((self.x if side == 1 else self.y, where, np.concatenate(parts, axis=None).reshape(count, width)))
+        n = self.n
+        end = n + count
+        for dest, where, values in merged:
+            dest[n:end, where] = values
+        self.ts[n:end] = [r[4] for r in records]
+        self.latency[n:end] = [r[3] * 1e6 for r in records]
+        self.ids.extend([r[0] for r in records])
+        self.n = end
+        return True
 
     def table(self, first_seq: int) -> pa.Table:
         """The filled rows as an Arrow table; the numeric columns are wrapped, not copied."""
@@ -164,6 +194,7 @@ class PredictionLog:
         self._full: list[Segment] = []  # filled segments (and those put back by a failed flush), oldest first
         self._rows = 0  # rows in _open and _full
         self._columns: dict[tuple, Columns] = {}
+        self._pending: list[tuple[tuple, dict[str, Any], Record]] = []  # this event-loop iteration's requests
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._stop = False
@@ -192,41 +223,100 @@ class PredictionLog:
         self, request_id: str, labels: tuple, signature: dict[str, Any],
         inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_s: float,
     ) -> bool:
-        """Copy one answered request into the column buffers; False when sampled out or dropped.
+        """Log one answered request; False when sampled out or (outside an event loop) dropped.
 
         `labels` is (deployment, model, version, slot); `signature` the version's, which fixes its columns.
+        On an event loop the request is kept until the end of the loop's iteration, and then the
+        iteration's requests are copied into the columns together (`_drain`): one numpy copy per
+        tensor for a whole wave of answered requests instead of several per request. Copied one by
+        one in place, a row cost the loop 8 µs (benchmarks/README.md). Elsewhere it is copied at once.
         """
         cfg = self.cfg
         if cfg.sample_rate < 1.0 and random.random() >= cfg.sample_rate:
             return False
+        item = (request_id, inputs, outputs, latency_s, time.time_ns() // 1000)
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            return self._write(labels, signature, [item]) == 1
+        pending = self._pending
+        pending.append((labels, signature, item))
+        if len(pending) == 1:
+            loop.call_soon(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        """Copy the requests kept during one event-loop iteration into the columns, a group per version and slot."""
+        pending, self._pending = self._pending, []
+        groups: dict[tuple, tuple[dict[str, Any], list[Record]]] = {}
+        for labels, signature, item in pending:
+            groups.setdefault(labels, (signature, []))[1].append(item)
+        for labels, (signature, items) in groups.items():
+            try:
+                self._write(labels, signature, items)
+            except Exception:  # never lose the other groups; these requests were answered already
+                self.record_errors.inc(len(items))
+                log.exception("prediction_log_record_failed", labels=labels, requests=len(items))
+
+    def _write(self, labels: tuple, signature: dict[str, Any], records: list[Record]) -> int:
+        """Copy requests of one (deployment, model, version, slot) into its segments; returns those written."""
+        cfg = self.cfg
         columns = self._columns.get(labels)
         if columns is None:
             columns = self._columns[labels] = Columns(signature)
-        k = request_rows(inputs)
+        ks = [request_rows(r[1]) for r in records]
+        written = 0
         with self._lock:
-            if self._rows + k > cfg.buffer_rows:
-                self.dropped.inc()
-                return False
-            seg = self._open.get(labels)
-            if seg is None or seg.n + k > seg.capacity:
-                if seg is not None:
-                    self._full.append(seg)
-                seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, cfg.buffer_rows))
-            try:
-                seg.write(request_id, inputs, outputs, k, latency_s)
-            except Exception:  # the log must never fail an answered request; the partial row is not counted
-                self.record_errors.inc()
-                log.exception("prediction_log_record_failed", request_id=request_id)
-                return False
-            self._rows += k
+            i = 0
+            while i < len(records):
+                k = ks[i]
+                if self._rows + k > cfg.buffer_rows:  # not this request; a smaller one after it may fit
+                    self.dropped.inc()
+                    i += 1
+                    continue
+                seg = self._open.get(labels)
+                if seg is None or seg.n + k > seg.capacity:
+                    if seg is not None:
+                        self._full.append(seg)
+                    seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, cfg.buffer_rows))
+                # the one-row requests that follow, as many as the buffer and this segment take, in one copy
+                j = i
+                room = min(seg.capacity - seg.n, cfg.buffer_rows - self._rows)
+                while j < len(records) and ks[j] == 1 and j - i < room:
+                    j += 1
+                if j - i > 1:
+                    try:
+                        merged = seg.write_rows(records[i:j])
+                    except Exception:  # an odd one among them: one by one, below, finds it
+                        merged = False
+                    if merged:
+                        self._rows += j - i
+                        written += j - i
+                        i = j
+                        continue
+                try:
+                    seg.write(records[i], k)
+                except Exception:  # the log must never fail an answered request; the partial row is not counted
+                    self.record_errors.inc()
+                    log.exception("prediction_log_record_failed", request_id=records[i][0])
+                else:
+                    self._rows += k
+                    written += 1
+                i += 1
             if self._rows >= cfg.flush_rows:
                 self._wake.set()
-        return True
+        return written
 
     # -- flushing -------------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Block until everything recorded before this call is in DuckDB (used by feedback and tests)."""
+        """Block until everything recorded before this call is in DuckDB (used by feedback and tests).
+
+        Called on the event loop, it first copies in the requests kept for the end of the iteration.
+        (From another thread those are in the columns already: an iteration ends before the loop
+        reads the next request, the one that led to this call.)
+        """
+        if self._pending and asyncio.events._get_running_loop() is not None:
+            self._drain()
         with self._flushed:
             self._requested += 1
             target = self._requested
@@ -234,7 +324,9 @@ class PredictionLog:
             return self._flushed.wait_for(lambda: self._served >= target or self._stop, timeout)
 
     def close(self) -> None:
-        """Flush everything and stop the thread (graceful shutdown)."""
+        """Flush everything and stop the thread (graceful shutdown); serving has stopped by then."""
+        if self._pending:  # an event loop that stopped before the end of its last iteration
+            self._drain()
         self._stop = True
         self._wake.set()
         self._thread.join()

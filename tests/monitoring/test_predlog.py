@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +45,47 @@ def _request(rng: np.random.Generator, k: int, with_b: bool = True) -> tuple[dic
     return inputs, outputs
 
 
-def test_rows_land_in_order_with_their_values_across_segments_and_versions(store: EventStore, monkeypatch):
-    """One- and multi-row requests of two versions, over many small segments: each row's id, index, x, y and labels."""
+def _record_all(log: PredictionLog, calls: list[tuple], on_loop: bool) -> list[bool]:
+    """record() each call: directly, or on an event loop in waves of 7 answered in one loop iteration."""
+    if not on_loop:
+        return [log.record(*c) for c in calls]
+
+    async def waves() -> list[bool]:
+        out: list[bool] = []
+        for i in range(0, len(calls), 7):
+            out += [log.record(*c) for c in calls[i:i + 7]]
+            await asyncio.sleep(0)  # the iteration ends: its requests are copied in together
+        return out
+
+    return asyncio.run(waves())
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["direct", "loop-waves"])
+def test_rows_land_in_order_with_their_values_across_segments_and_versions(store: EventStore, monkeypatch, on_loop):
+    """One- and multi-row requests of two versions, over many small segments: each row's id, index, x, y and labels.
+
+    On an event loop, the one-row requests of a wave that have every tensor go in with one copy per tensor.
+    """
     monkeypatch.setattr(predlog_mod, "SEGMENT_ROWS", 4)  # force many segment roll-overs
+    merged = []
+    write_rows = predlog_mod.Segment.write_rows
+    monkeypatch.setattr(predlog_mod.Segment, "write_rows", lambda seg, records: merged.append(write_rows(seg, records)) or merged[-1])
     log = _log(store)
     rng = np.random.default_rng(0)
     expected = []  # (labels, request id, row, x, y) in record order
-    for i in range(40):
+    calls = []
+    for i in range(60):
         labels = A if i % 3 else B
-        k = [1, 1, 3, 1, 2][i % 5]
-        inputs, outputs = _request(rng, k, with_b=i % 4 != 0)
-        assert log.record(f"r{i}", labels, SIG, inputs, outputs, 0.002)
+        k = [1, 1, 3, 1, 2, 1, 1][i % 7]
+        inputs, outputs = _request(rng, k, with_b=i % 9 != 0)
+        calls.append((f"r{i}", labels, SIG, inputs, outputs, 0.002))
         for j in range(k):
             b = [float(inputs["b"][j])] if "b" in inputs else [np.nan]
             x = [*inputs["a"][j].ravel().astype(np.float64), *b]
             y = [float(outputs["label"][j]), *outputs["scores"][j].astype(np.float64)]
             expected.append((labels, f"r{i}", j, x, y))
+    assert all(_record_all(log, calls, on_loop))
+    assert any(merged) == on_loop  # waves of one-row requests were copied in together
     assert log.flush()
     log.close()
     got = store.cursor().execute(
@@ -93,6 +119,18 @@ def test_buffer_limit_counts_rows_and_drops_whole_requests(store: EventStore):
     assert ids == ["first"] * 3 + ["third"] * 2 + ["after"] * 3
 
 
+def test_a_wave_on_the_event_loop_keeps_the_buffer_limit_per_request(store: EventStore):
+    """Requests answered in one loop iteration are dropped one by one at the limit: a later one that fits is kept."""
+    log = _log(store, buffer_rows=5)
+    rng = np.random.default_rng(4)
+    calls = [(f"r{i}", A, SIG, *_request(rng, k), 0.001) for i, k in enumerate([1, 1, 1, 3, 1, 1, 1])]
+    assert all(_record_all(log, calls, on_loop=True))  # on a loop, dropping is decided when the wave is copied in
+    assert log.dropped._value.get() == 2 and log.buffered.collect()[0].samples[0].value == 5
+    log.close()
+    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == ["r0", "r1", "r2", "r4", "r5"]
+
+
 def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore, monkeypatch):
     """Rows of a failed flush go back in front of rows recorded meanwhile; the next flush writes all, in order."""
     log = _log(store)
@@ -117,15 +155,17 @@ def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore,
     assert log.failures._value.get() == 1
 
 
-def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: EventStore):
-    """A tensor whose size disagrees with the signature is not logged (and counted); the rows around it are."""
+@pytest.mark.parametrize("on_loop", [False, True], ids=["direct", "loop-waves"])
+def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: EventStore, on_loop):
+    """A tensor whose size disagrees with the signature is not logged (and counted); the rows around it are,
+    also when they were answered in the same loop iteration."""
     log = _log(store)
     rng = np.random.default_rng(3)
     inputs, outputs = _request(rng, 1)
-    assert log.record("before", A, SIG, inputs, outputs, 0.001)
     bad = dict(outputs, scores=np.zeros((1, 3), np.float32))  # the signature says 2 scores a row
-    assert not log.record("bad", A, SIG, inputs, bad, 0.001)
-    assert log.record("after", A, SIG, inputs, outputs, 0.001)
+    calls = [("before", A, SIG, inputs, outputs, 0.001), ("bad", A, SIG, inputs, bad, 0.001), ("after", A, SIG, inputs, outputs, 0.001)]
+    recorded = _record_all(log, calls, on_loop)
+    assert recorded == ([True, True, True] if on_loop else [True, False, True])  # on a loop it is found when copied in
     assert log.record_errors._value.get() == 1
     assert log.flush()
     log.close()
