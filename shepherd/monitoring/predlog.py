@@ -5,9 +5,9 @@ per deployment, version and slot): the numeric inputs and outputs flattened in t
 layout (`layout.py`) as float64, the request id, the timestamp and the latency. On the event loop,
 `record()` only keeps the request until the end of the loop's iteration; then all the requests
 answered in that iteration are copied in together, one numpy copy per tensor for a wave of one-row
-requests (`_drain`). No request object outlives the loop iteration that answered it. A background thread (`flusher`) detaches the filled
-segments, wraps their columns as one Arrow table without copying them, and appends it to DuckDB
-in one INSERT.
+requests (`_drain`). No request object outlives the loop iteration that answered it. A background
+thread (`flusher`) detaches the filled segments, wraps their columns as one Arrow table without
+copying them, and appends it to DuckDB in one INSERT.
 
 Why columns and not a queue of request tuples: holding a second's worth of request objects
 (dicts, arrays, tuples) until the flusher walked them cost the event loop 26-33 µs a request on
@@ -283,25 +283,25 @@ class PredictionLog:
                 room = min(seg.capacity - seg.n, cfg.buffer_rows - self._rows)
                 while j < len(records) and ks[j] == 1 and j - i < room:
                     j += 1
-                if j - i > 1:
-                    try:
-                        merged = seg.write_rows(records[i:j])
-                    except Exception:  # an odd one among them: one by one, below, finds it
-                        merged = False
-                    if merged:
-                        self._rows += j - i
-                        written += j - i
-                        i = j
-                        continue
+                j = max(j, i + 1)
                 try:
-                    seg.write(records[i], k)
-                except Exception:  # the log must never fail an answered request; the partial row is not counted
-                    self.record_errors.inc()
-                    log.exception("prediction_log_record_failed", request_id=records[i][0])
-                else:
-                    self._rows += k
-                    written += 1
-                i += 1
+                    merged = j - i > 1 and seg.write_rows(records[i:j])
+                except Exception:  # an odd one among them: one by one, below, finds it
+                    merged = False
+                if merged:
+                    self._rows += j - i
+                    written += j - i
+                else:  # each of them fits: the run was sized to the segment and the buffer
+                    for r in range(i, j):
+                        try:
+                            seg.write(records[r], ks[r])
+                        except Exception:  # the log must never fail an answered request; the partial row is not counted
+                            self.record_errors.inc()
+                            log.exception("prediction_log_record_failed", request_id=records[r][0])
+                        else:
+                            self._rows += ks[r]
+                            written += 1
+                i = j
             if self._rows >= cfg.flush_rows:
                 self._wake.set()
         return written
