@@ -74,19 +74,17 @@ class Appliance:
         self.importer = Importer(config, self.db, self.blobs)
         self.auth = Authenticator(self.db, config.auth.token_cache_seconds)
         self.metrics = ServingMetrics()
-        self.deployments = DeploymentManager(config, self.db, self.blobs, self.metrics)
+        self.events = EventStore(config.data_dir / "events.duckdb")
+        mon = config.monitoring
+        self.predlog = PredictionLog(self.events, mon, self.metrics.registry) if mon.prediction_log else None
+        self.deployments = DeploymentManager(config, self.db, self.blobs, self.metrics, self.predlog)
         self.alerts = AlertManager(self.db)
         self.tracker = Tracker(self.db, self.blobs)
         self.mlflow = MlflowApi(self.tracker)
-        self.events = EventStore(config.data_dir / "events.duckdb")
         self.references = References(self.events)
         self.monitor = Monitor(
             config, self.events, self.references, self.version_info, lambda: list(self.deployments.deployments),
             self.alerts, self.metrics.registry, self.model_runner,
-        )
-        mon = config.monitoring
-        self.predlog = (
-            PredictionLog(self.events, mon, self.metrics.registry) if mon.prediction_log else None
         )
         self.ready = False
 

@@ -16,10 +16,12 @@ import re
 import time
 
 import anyio
+import numpy as np
 import structlog
 
 from shepherd.config import Config
 from shepherd.errors import Conflict, InvalidInput, NotFound, ShepherdError
+from shepherd.monitoring.predlog import PredictionLog
 from shepherd.serving.batcher import Batcher, Pending
 from shepherd.serving.engine import LoadError, ModelSession
 from shepherd.serving.metrics import ServingMetrics
@@ -41,11 +43,14 @@ class Unavailable(ShepherdError):
 
 
 class DeploymentManager:
-    def __init__(self, config: Config, db: Database, blobs: BlobStore, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, config: Config, db: Database, blobs: BlobStore, metrics: ServingMetrics, predlog: PredictionLog | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.blobs = blobs
         self.metrics = metrics
+        self.predlog = predlog  # every loaded version's batcher logs what it ran here
         self.deployments: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -77,7 +82,17 @@ class DeploymentManager:
         log.info("version_loaded", deployment=deployment, model=model, version=version, providers=session.providers, seconds=round(seconds, 4))
         loaded = LoadedVersion(model, version, session, batcher, seconds)
         batcher.observe = functools.partial(self._observe, loaded)
+        if self.predlog is not None:
+            batcher.record = functools.partial(self._record, self.predlog, loaded.signature)
         return loaded
+
+    @staticmethod
+    def _record(
+        predlog: PredictionLog, signature: dict, batch: list[Pending], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+    ) -> None:
+        """Log a batch the model answered; a request that timed out meanwhile was not answered and is not logged."""
+        now = time.perf_counter()
+        predlog.record(signature, [(p.labels, None if p.dropped else p.request_id, now - p.started, p.rows) for p in batch], inputs, outputs)
 
     def _observe(self, loaded: LoadedVersion, batch: list[Pending], started: float, done: float, rows: int) -> None:
         m, st = self.metrics, loaded.stats

@@ -1,38 +1,38 @@
 """The prediction log: every served request, written into column buffers and flushed to DuckDB in batches.
 
-The request path calls `record()`. The request's rows go into preallocated columns (a `Segment`
-per deployment, version and slot): the numeric inputs and outputs flattened in the version's
-layout (`layout.py`) as float64, the request id, the timestamp and the latency. On the event loop,
-`record()` only keeps the request until the end of the loop's iteration; then all the requests
-answered in that iteration are copied in together, one numpy copy per tensor for a wave of one-row
-requests (`_drain`). No request object outlives the loop iteration that answered it. A background
-thread (`flusher`) detaches the filled segments, wraps their columns as one Arrow table without
-copying them, and appends it to DuckDB in one INSERT.
+The batcher logs each batch as the model ran it (`record()`): the requests' rows go into
+preallocated columns (a `Segment` per deployment, version and slot): the numeric inputs and
+outputs flattened in the version's layout (`layout.py`) as float64, the request id, the timestamp
+and the latency. A batch's inputs were stacked for the model anyway and its outputs come out
+stacked, so a batch of any size costs one numpy copy per tensor; a lone request is a batch of one.
+No request object is kept. A background thread (`flusher`) detaches the filled segments, wraps
+their columns as one Arrow table without copying them, and appends it to DuckDB in one INSERT.
 
 Why columns and not a queue of request tuples: holding a second's worth of request objects
 (dicts, arrays, tuples) until the flusher walked them cost the event loop 26-33 µs a request on
 the 2-vCPU benchmark VM, and full garbage collections over the held objects stalled it for tens
-of milliseconds (p99 38-47 ms against 10 ms without the log). Copying a row into columns costs
-1.5-3 µs in a warm loop, but 8 µs in place in the server, where the HTTP stack has evicted numpy's
-indexing code; hence the copy per wave (benchmarks/README.md, "Prediction log in columns" and
-"The monitor's kernels over all windows at once").
+of milliseconds (p99 38-47 ms against 10 ms without the log). Why per batch: copied per request,
+each row cost the event loop 8 µs in place, where the HTTP stack has evicted numpy's code; gathered
+per event-loop iteration and stacked again for the copy, 14 µs a request at 8 connections
+(benchmarks/README.md, "Prediction log in columns" and "The prediction log copies what the model ran").
 
 Durability: a flush runs when `flush_rows` rows are buffered or `flush_interval_s` has passed,
-whichever is first. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
+whichever is first. A batch is logged before its requests are answered, so `flush()` covers every
+answered request. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
 (SIGKILL, power loss) loses what arrived since the last flush: at most one interval.
 
 Back-pressure: the buffers hold at most `buffer_rows` rows. When DuckDB cannot keep up, further
-records are dropped and counted (`shepherd_prediction_log_dropped_total`); the request itself is
-never delayed. Sampling (`sample_rate`) decides per request, before anything is kept.
+requests are dropped and counted (`shepherd_prediction_log_dropped_total`); the request itself is
+never delayed. Sampling (`sample_rate`) decides per request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,7 +43,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shepherd.config import MonitoringConfig
 from shepherd.monitoring.layout import Tensor, build_layout
-from shepherd.serving.codec import request_rows
 from shepherd.store.events import EventStore, fixed_list
 
 log = structlog.get_logger()
@@ -54,8 +53,9 @@ SEGMENT_ROWS = 4096
 """Rows per segment at most; fewer for wide layouts, so that a segment stays near SEGMENT_BYTES."""
 SEGMENT_BYTES = 1 << 20
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-Record = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float, int]
-"""One answered request: (request id, inputs, outputs, latency in seconds, timestamp in µs since the epoch)."""
+Answered = tuple[tuple, "str | None", float, int]
+"""One answered request of a batch: (labels, request id, latency in seconds, rows). Labels are
+(deployment, model, version, slot); a request id of None means "do not log this one" (it timed out)."""
 
 
 class Columns:
@@ -97,48 +97,38 @@ class Segment:
     def capacity(self) -> int:
         return len(self.ts)
 
-    def write(self, record: Record, k: int) -> None:
-        """Copy one request's k rows in (the caller made sure they fit)."""
-        request_id, inputs, outputs, latency_s, ts_us = record
-        n = self.n
-        cols = self.columns
-        if k == 1:  # with scalar indexing: about 2 µs for 30 features and two outputs
-            _fill_one(self.x, n, cols.x, inputs)
-            _fill_one(self.y, n, cols.y, outputs)
-            self.ts[n] = ts_us
-            self.latency[n] = latency_s * 1e6
-            self.ids.append(request_id)
-        else:
-            end = n + k
-            _fill(self.x, n, end, cols.x, inputs)
-            _fill(self.y, n, end, cols.y, outputs)
-            self.ts[n:end] = ts_us
-            self.latency[n:end] = latency_s * 1e6
-            self.ids.extend([request_id] * k)
-            self.row[n:end] = np.arange(k, dtype=np.int32)
-        self.n = n + k
+    def write(self, run: Sequence[Answered], first: int, end: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ts_us: int) -> None:
+        """Copy requests in whose rows are rows first..end of the stacked tensors (the caller made sure they fit).
 
-    def write_rows(self, records: list[Record]) -> bool:
-        """Copy several one-row requests in with one numpy copy per tensor; False (nothing written) unless
-        every tensor of every request is present with one row's values (the caller then writes them one by one)."""
-        cols = self.columns
-        count = len(records)
-        merged = []
-        for side, placed in ((1, cols.x), (2, cols.y)):
-            for name, where, width in placed:
-                parts = [r[side].get(name) for r in records]
-                if any(a is None or a.size != width for a in parts):
-                    return False
-                merged.append((self.x if side == 1 else self.y, where, np.concatenate(parts, axis=None).reshape(count, width)))
+        One numpy copy per tensor whatever the number of requests. Raises (and writes nothing that
+        counts) when a tensor does not have the version's width.
+        """
         n = self.n
-        end = n + count
-        for dest, where, values in merged:
-            dest[n:end, where] = values
-        self.ts[n:end] = [r[4] for r in records]
-        self.latency[n:end] = [r[3] * 1e6 for r in records]
-        self.ids.extend([r[0] for r in records])
-        self.n = end
-        return True
+        m = end - first
+        stop = n + m
+        cols = self.columns
+        for dest, placed, tensors in ((self.x, cols.x, inputs), (self.y, cols.y, outputs)):
+            for name, where, width in placed:
+                a = tensors.get(name)
+                if a is None:  # an optional tensor absent from this request: no value
+                    dest[n:stop, where] = np.nan
+                    continue
+                if first or len(a) != m:
+                    a = a[first:end]
+                dest[n:stop, where] = a.reshape(m, width)
+        self.ts[n:stop] = ts_us
+        if len(run) == m:  # one row each: the usual case
+            self.latency[n:stop] = [r[2] * 1e6 for r in run]
+            self.ids.extend([r[1] for r in run])
+        else:
+            ks = [r[3] for r in run]
+            self.latency[n:stop] = np.repeat([r[2] * 1e6 for r in run], ks)
+            at = n
+            for r in run:
+                self.ids.extend([r[1]] * r[3])
+                self.row[at:at + r[3]] = np.arange(r[3], dtype=np.int32)
+                at += r[3]
+        self.n = stop
 
     def table(self, first_seq: int) -> pa.Table:
         """The filled rows as an Arrow table; the numeric columns are wrapped, not copied."""
@@ -158,29 +148,6 @@ class Segment:
         })
 
 
-def _fill(dest: np.ndarray, n: int, end: int, placed: list[tuple[str, slice, int]], tensors: dict[str, np.ndarray]) -> None:
-    k = end - n
-    for name, where, width in placed:
-        a = tensors.get(name)
-        if a is None:  # an optional tensor absent from this request: no value
-            dest[n:end, where] = np.nan
-        else:
-            dest[n:end, where] = a.reshape(k, width)
-
-
-def _fill_one(dest: np.ndarray, n: int, placed: list[tuple[str, slice, int]], tensors: dict[str, np.ndarray]) -> None:
-    """_fill for a one-row request: a (1, width) tensor goes in as it is, a (1, a, b) one is flattened first."""
-    for name, where, width in placed:
-        a = tensors.get(name)
-        if a is None:
-            dest[n, where] = np.nan
-        else:
-            try:
-                dest[n, where] = a
-            except ValueError:
-                dest[n, where] = a.reshape(width)
-
-
 class PredictionLog:
     """Column buffers written on the event loop; a daemon thread flushes them to the EventStore."""
 
@@ -194,7 +161,6 @@ class PredictionLog:
         self._full: list[Segment] = []  # filled segments (and those put back by a failed flush), oldest first
         self._rows = 0  # rows in _open and _full
         self._columns: dict[tuple, Columns] = {}
-        self._pending: list[tuple[tuple, dict[str, Any], Record]] = []  # this event-loop iteration's requests
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._stop = False
@@ -220,103 +186,84 @@ class PredictionLog:
     # -- request path ---------------------------------------------------------------------
 
     def record(
-        self, request_id: str, labels: tuple, signature: dict[str, Any],
-        inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_s: float,
-    ) -> bool:
-        """Log one answered request; False when sampled out or (outside an event loop) dropped.
+        self, signature: dict[str, Any], requests: Sequence[Answered], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+    ) -> int:
+        """Log answered requests whose rows are stacked, in order, in `inputs` and `outputs`; returns how many were logged.
 
-        `labels` is (deployment, model, version, slot); `signature` the version's, which fixes its columns.
-        On an event loop the request is kept until the end of the loop's iteration, and then the
-        iteration's requests are copied into the columns together (`_drain`): one numpy copy per
-        tensor for a whole wave of answered requests instead of several per request. Copied one by
-        one in place, a row cost the loop 8 µs (benchmarks/README.md). Elsewhere it is copied at once.
+        The batcher calls this with a batch as the model ran it; `signature` (the version's) fixes the
+        columns. Consecutive requests with the same labels go in with one copy per tensor. A request
+        is skipped when sampled out, when its id is None, or (counted) when the buffer is full; a
+        smaller one after it may still fit. Never raises: a batch whose tensors do not fit the
+        version's columns is counted in `record_errors` and logged, and the request was answered anyway.
         """
         cfg = self.cfg
-        if cfg.sample_rate < 1.0 and random.random() >= cfg.sample_rate:
-            return False
-        item = (request_id, inputs, outputs, latency_s, time.time_ns() // 1000)
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
-            return self._write(labels, signature, [item]) == 1
-        pending = self._pending
-        pending.append((labels, signature, item))
-        if len(pending) == 1:
-            loop.call_soon(self._drain)
-        return True
-
-    def _drain(self) -> None:
-        """Copy the requests kept during one event-loop iteration into the columns, a group per version and slot."""
-        pending, self._pending = self._pending, []
-        groups: dict[tuple, tuple[dict[str, Any], list[Record]]] = {}
-        for labels, signature, item in pending:
-            groups.setdefault(labels, (signature, []))[1].append(item)
-        for labels, (signature, items) in groups.items():
-            try:
-                self._write(labels, signature, items)
-            except Exception:  # never lose the other groups; these requests were answered already
-                self.record_errors.inc(len(items))
-                log.exception("prediction_log_record_failed", labels=labels, requests=len(items))
-
-    def _write(self, labels: tuple, signature: dict[str, Any], records: list[Record]) -> int:
-        """Copy requests of one (deployment, model, version, slot) into its segments; returns those written."""
-        cfg = self.cfg
-        columns = self._columns.get(labels)
-        if columns is None:
-            columns = self._columns[labels] = Columns(signature)
-        ks = [request_rows(r[1]) for r in records]
+        ts_us = time.time_ns() // 1000
+        sampled = cfg.sample_rate < 1.0
         written = 0
+        run: list[Answered] = []
+        first = row = 0  # the run's first row, and the next request's
         with self._lock:
-            i = 0
-            while i < len(records):
-                k = ks[i]
-                if self._rows + k > cfg.buffer_rows:  # not this request; a smaller one after it may fit
+            room = cfg.buffer_rows - self._rows
+            for req in requests:
+                labels, request_id, _, k = req
+                keep = request_id is not None and not (sampled and random.random() >= cfg.sample_rate)
+                if keep and k > room:
                     self.dropped.inc()
-                    i += 1
-                    continue
-                seg = self._open.get(labels)
-                if seg is None or seg.n + k > seg.capacity:
-                    if seg is not None:
-                        self._full.append(seg)
-                    seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, cfg.buffer_rows))
-                # the one-row requests that follow, as many as the buffer and this segment take, in one copy
-                j = i
-                room = min(seg.capacity - seg.n, cfg.buffer_rows - self._rows)
-                while j < len(records) and ks[j] == 1 and j - i < room:
-                    j += 1
-                j = max(j, i + 1)
-                try:
-                    merged = j - i > 1 and seg.write_rows(records[i:j])
-                except Exception:  # an odd one among them: one by one, below, finds it
-                    merged = False
-                if merged:
-                    self._rows += j - i
-                    written += j - i
-                else:  # each of them fits: the run was sized to the segment and the buffer
-                    for r in range(i, j):
-                        try:
-                            seg.write(records[r], ks[r])
-                        except Exception:  # the log must never fail an answered request; the partial row is not counted
-                            self.record_errors.inc()
-                            log.exception("prediction_log_record_failed", request_id=records[r][0])
-                        else:
-                            self._rows += ks[r]
-                            written += 1
-                i = j
+                    keep = False
+                if run and (not keep or labels != run[0][0]):
+                    written += self._put(signature, run, first, row, inputs, outputs, ts_us)
+                    run = []
+                if keep:
+                    if not run:
+                        first = row
+                    run.append(req)
+                    room -= k
+                row += k
+            if run:
+                written += self._put(signature, run, first, row, inputs, outputs, ts_us)
             if self._rows >= cfg.flush_rows:
                 self._wake.set()
         return written
+
+    def _put(
+        self, signature: dict[str, Any], run: list[Answered], first: int, end: int,
+        inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ts_us: int,
+    ) -> int:
+        """Copy a run of requests of one (deployment, model, version, slot) into its segments (lock held); returns those written."""
+        labels = run[0][0]
+        columns = self._columns.get(labels)
+        if columns is None:
+            columns = self._columns[labels] = Columns(signature)
+        i, row = 0, first
+        while i < len(run):
+            seg = self._open.get(labels)
+            k = run[i][3]
+            if seg is None or seg.n + k > seg.capacity:
+                if seg is not None:
+                    self._full.append(seg)
+                seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, self.cfg.buffer_rows))
+            j, rows, free = i, 0, seg.capacity - seg.n
+            while j < len(run) and rows + run[j][3] <= free:
+                rows += run[j][3]
+                j += 1
+            try:
+                seg.write(run[i:j], row, row + rows, inputs, outputs, ts_us)
+            except Exception:  # the log must never fail an answered request; the partial rows are not counted
+                self.record_errors.inc(len(run) - i)
+                log.exception("prediction_log_record_failed", labels=labels, requests=len(run) - i, first_id=run[i][1])
+                return i
+            self._rows += rows
+            row += rows
+            i = j
+        return len(run)
 
     # -- flushing -------------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything recorded before this call is in DuckDB (used by feedback and tests).
 
-        Called on the event loop, it first copies in the requests kept for the end of the iteration.
-        (From another thread those are in the columns already: an iteration ends before the loop
-        reads the next request, the one that led to this call.)
+        Every answered request is covered: the batcher logs a batch before it answers it.
         """
-        if self._pending and asyncio.events._get_running_loop() is not None:
-            self._drain()
         with self._flushed:
             self._requested += 1
             target = self._requested
@@ -325,8 +272,6 @@ class PredictionLog:
 
     def close(self) -> None:
         """Flush everything and stop the thread (graceful shutdown); serving has stopped by then."""
-        if self._pending:  # an event loop that stopped before the end of its last iteration
-            self._drain()
         self._stop = True
         self._wake.set()
         self._thread.join()

@@ -64,11 +64,17 @@ class InferenceFailed(ShepherdError):
 
 
 class Pending:
-    """One request on its way through a batcher. `loop` None: an inline run, which needs no future."""
+    """One request on its way through a batcher. `loop` None: an inline run, which needs no future.
 
-    __slots__ = ("inputs", "rows", "future", "loop", "enqueued", "dropped", "labels")
+    `request_id` and `started` (when the request arrived, perf_counter) are for the prediction log.
+    """
 
-    def __init__(self, inputs: dict[str, np.ndarray], loop: asyncio.AbstractEventLoop | None, labels: tuple) -> None:
+    __slots__ = ("inputs", "rows", "future", "loop", "enqueued", "dropped", "labels", "request_id", "started")
+
+    def __init__(
+        self, inputs: dict[str, np.ndarray], loop: asyncio.AbstractEventLoop | None, labels: tuple,
+        request_id: str | None = None, started: float | None = None,
+    ) -> None:
         self.inputs = inputs
         self.rows = request_rows(inputs)
         self.future: asyncio.Future = loop.create_future() if loop is not None else None  # type: ignore[assignment]
@@ -76,6 +82,8 @@ class Pending:
         self.enqueued = time.perf_counter()
         self.dropped = False
         self.labels = labels
+        self.request_id = request_id
+        self.started = self.enqueued if started is None else started
 
 
 def _key(p: Pending) -> tuple:
@@ -105,12 +113,16 @@ class Batcher:
         max_queue_size: int,
         inline_max_us: int = 0,
         observe: Callable[[list[Pending], float, float, int], None] | None = None,
+        record: Callable[[list[Pending], dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.session = session
         self.max_rows = max_batch_size if session.batchable else 1
         self.delay = max_queue_delay_us / 1e6
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
+        # The prediction log: called with requests that succeeded and their rows stacked as the
+        # model ran them (inputs, outputs), before they are answered.
+        self.record = record
         self.inline_budget = inline_max_us / 1e6
         self.inline_limit = self.inline_budget * INLINE_IN_SERVICE
         self.inline_wall_limit = self.inline_limit * INLINE_WALL_FACTOR
@@ -137,7 +149,7 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    def submit(self, inputs: dict[str, np.ndarray], labels: tuple = ()) -> Pending:
+    def submit(self, inputs: dict[str, np.ndarray], labels: tuple = (), request_id: str | None = None, started: float | None = None) -> Pending:
         """Enqueue a validated request; its `future` resolves to {output name: array}. Raises Overloaded.
 
         A request to a model that runs inline joins the event loop's current loop batch instead of the
@@ -146,7 +158,7 @@ class Batcher:
         worker's two thread hand-offs and GIL waits per batch cost many times the batch itself.
         """
         loop = asyncio.get_running_loop()
-        p = Pending(inputs, loop, labels)
+        p = Pending(inputs, loop, labels, request_id, started)
         if self.inline_ok and p.rows <= self.session.warm_rows and self._carry is None and self.queue.empty():
             pending = self._loop_batch
             if not pending:
@@ -162,7 +174,9 @@ class Batcher:
             raise Overloaded(f"{self.session.label}: {self.queue.maxsize} requests already queued; retry later") from None
         return p
 
-    def run_inline(self, inputs: dict[str, np.ndarray], labels: tuple = ()) -> dict[str, np.ndarray] | None:
+    def run_inline(
+        self, inputs: dict[str, np.ndarray], labels: tuple = (), request_id: str | None = None, started: float | None = None,
+    ) -> dict[str, np.ndarray] | None:
         """Run a lone request now, on this thread; None when it must go through the queue instead.
 
         Only when inline runs are on for this model, the caller's request is the only one admitted
@@ -172,7 +186,7 @@ class Batcher:
             self.inline_ok, self._inline_retry_at = True, 0.0  # a fresh round decides again (the machine may have been busy)
         if not self.inline_ok or self.in_flight is None or self.in_flight() > 1 or self._carry is not None or not self.queue.empty():
             return None
-        p = Pending(inputs, None, labels)
+        p = Pending(inputs, None, labels, request_id, started)
         if p.rows > self.session.warm_rows:
             return None
         started, cpu = time.perf_counter(), time.thread_time()
@@ -182,6 +196,7 @@ class Batcher:
         self._observe([p], started, done, p.rows)
         if error is not None:
             raise error
+        self._record([p], [result], [error], p.inputs, result)
         return result
 
     def _account(self, wall: float, cpu: float) -> None:
@@ -213,10 +228,11 @@ class Batcher:
                 rows += live[i].rows
                 i += 1
             started, cpu = time.perf_counter(), time.thread_time()
-            results, errors = self._compute(group, rows)
+            results, errors, feed, outs = self._compute(group, rows)
             done = time.perf_counter()
             self._account(done - started, time.thread_time() - cpu)
             self._observe(group, started, done, rows)
+            self._record(group, results, errors, feed, outs)
             _settle_all(list(zip((p.future for p in group), results, errors)))
 
     def stop(self) -> None:
@@ -274,16 +290,35 @@ class Batcher:
             except Exception:  # metrics must never stop the worker
                 log.exception("batch_observe_failed", model=self.session.label)
 
+    def _record(self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None) -> None:
+        """Hand the batch's successful requests to the prediction log: stacked when the model ran them so, else one by one."""
+        if self.record is None:
+            return
+        try:
+            if feed is not None and outs is not None:
+                self.record(batch, feed, outs)
+                return
+            for p, result, error in zip(batch, results, errors):
+                if error is None:
+                    self.record([p], p.inputs, result)
+        except Exception:  # the log must never fail an answered request
+            log.exception("prediction_log_record_failed", model=self.session.label)
+
     def _execute(self, batch: list[Pending], rows: int) -> None:
         started = time.perf_counter()
-        results, errors = self._compute(batch, rows)
+        results, errors, feed, outs = self._compute(batch, rows)
+        self._record(batch, results, errors, feed, outs)
         self._finish(batch, results, errors, started, rows)
 
-    def _compute(self, batch: list[Pending], rows: int) -> tuple[list, list]:
-        """Run a batch: one merged run, split per request; (results, errors) in batch order. Never raises."""
+    def _compute(self, batch: list[Pending], rows: int) -> tuple[list, list, dict | None, dict | None]:
+        """Run a batch: one merged run, split per request. Never raises.
+
+        Returns (results, errors) in batch order, and the stacked inputs and outputs when one run
+        answered every request (else None, None).
+        """
         if len(batch) == 1:
             result, error = self._run_one(batch[0])
-            return [result], [error]
+            return [result], [error], (batch[0].inputs if error is None else None), result
         try:
             names = self.session.output_names
             feed = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
@@ -291,14 +326,14 @@ class Batcher:
             if any(o.ndim == 0 or o.shape[0] != rows for o in outs):
                 # an output without a batch axis: run each request on its own
                 results = [dict(zip(names, self.session.run(p.inputs))) for p in batch]
-            else:
-                cuts = np.cumsum([p.rows for p in batch])[:-1]
-                split = [np.split(o, cuts) for o in outs]
-                results = [dict(zip(names, parts)) for parts in zip(*split)]
-            errors: list[BaseException | None] = [None] * len(batch)
+                return results, [None] * len(batch), None, None
+            cuts = np.cumsum([p.rows for p in batch])[:-1]
+            split = [np.split(o, cuts) for o in outs]
+            results = [dict(zip(names, parts)) for parts in zip(*split)]
+            return results, [None] * len(batch), feed, dict(zip(names, outs))
         except Exception:  # run each request alone, so one bad request cannot fail the others
             results, errors = map(list, zip(*(self._run_one(p) for p in batch)))
-        return results, errors
+            return results, errors, None, None
 
     def _finish(self, batch: list[Pending], results: list, errors: list, started: float, rows: int) -> None:
         # Count first, answer second: statistics read after a response already include it.

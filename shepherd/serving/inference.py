@@ -20,7 +20,6 @@ from shepherd.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
     from shepherd.appliance import Appliance
-    from shepherd.monitoring.predlog import PredictionLog
 
 ROUTE_ATTEMPTS = 3
 VERSION = re.compile(r"[0-9]{1,18}")
@@ -80,7 +79,7 @@ def infer_for(appl: Appliance, name: str, version: str | None, body: bytes, head
     """`infer` with the appliance's manager, metrics, prediction log and timeout (both HTTP entry points use this)."""
     return infer(
         appl.deployments, appl.metrics, name, version, body, header_length, appl.config.serving.request_timeout_ms / 1000,
-        predlog=appl.predlog,
+        assign_ids=appl.predlog is not None,
     )
 
 
@@ -92,12 +91,13 @@ async def infer(
     body: bytes,
     header_length: int | str | None,
     timeout: float,
-    predlog: PredictionLog | None = None,
+    assign_ids: bool = False,
 ) -> InferResult:
     """Serve one V2 infer request against deployment `name` (optionally a pinned version).
 
-    With a prediction log, a request without an `id` gets a generated one (echoed in the
-    response), so that ground truth can be sent for it later.
+    With `assign_ids` (the prediction log is on), a request without an `id` gets a generated one
+    (echoed in the response), so that ground truth can be sent for it later. The batcher logs the
+    request (deployment.manager wires it to the log), with its latency up to when the model answered it.
     """
     started = time.perf_counter()
     pinned = parse_version(version)
@@ -115,14 +115,17 @@ async def infer(
         request = codec.decode_request(body, header_length, loaded.signature)
         if loaded.session.batchable and len(request.inputs) > 1:
             check_batch_axis(request.inputs)
+        request_id = request.id
+        if assign_ids and not request_id:
+            request_id = new_request_id()
         outputs = None
         if loaded.batcher.inline_ok:
             # Let the requests whose bytes arrived in the same loop iteration start (and count
             # themselves in flight) before deciding: under load they batch, alone this one runs inline.
             await asyncio.sleep(0)
-            outputs = loaded.batcher.run_inline(request.inputs, labels)
+            outputs = loaded.batcher.run_inline(request.inputs, labels, request_id, started)
         if outputs is None:
-            pending: Pending = loaded.batcher.submit(request.inputs, labels)
+            pending: Pending = loaded.batcher.submit(request.inputs, labels, request_id, started)
             bound.queue_depth.set(loaded.batcher.depth())
             # A timer instead of asyncio.wait_for(shield(...)): the same effect at a third of the cost.
             timer = asyncio.get_running_loop().call_later(timeout, _expire, pending, name, timeout)
@@ -130,10 +133,6 @@ async def infer(
                 outputs = await pending.future
             finally:
                 timer.cancel()
-        request_id = request.id
-        if predlog is not None:
-            request_id = request_id or new_request_id()
-            predlog.record(request_id, labels, loaded.signature, request.inputs, outputs, time.perf_counter() - started)
         out_body, out_header = codec.encode_response(
             model_name=name,
             model_version=str(loaded.version),

@@ -111,7 +111,7 @@ class LoadedVersion:
     def _release(self) -> None:
         """Stop the worker and drop the session now (GPU memory), not at some later cycle collection."""
         self.batcher.stop()
-        self.batcher.observe = None
+        self.batcher.observe = self.batcher.record = None
         self.session = self.batcher.session = None  # type: ignore[assignment]
 
 

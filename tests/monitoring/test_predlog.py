@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from shepherd.config import MonitoringConfig
 from shepherd.monitoring import predlog as predlog_mod
 from shepherd.monitoring.predlog import PredictionLog
+from shepherd.serving.codec import request_rows
 from shepherd.store.events import EventStore
 
 SIG = {
@@ -45,31 +45,43 @@ def _request(rng: np.random.Generator, k: int, with_b: bool = True) -> tuple[dic
     return inputs, outputs
 
 
-def _record_all(log: PredictionLog, calls: list[tuple], on_loop: bool) -> list[bool]:
-    """record() each call: directly, or on an event loop in waves of 7 answered in one loop iteration."""
-    if not on_loop:
-        return [log.record(*c) for c in calls]
-
-    async def waves() -> list[bool]:
-        out: list[bool] = []
-        for i in range(0, len(calls), 7):
-            out += [log.record(*c) for c in calls[i:i + 7]]
-            await asyncio.sleep(0)  # the iteration ends: its requests are copied in together
-        return out
-
-    return asyncio.run(waves())
+def _one(log: PredictionLog, request_id: str | None, labels: tuple, inputs: dict, outputs: dict, latency_s: float = 0.001) -> int:
+    """Log one request alone (a batch of one), as the batcher does for a lone request."""
+    return log.record(SIG, [(labels, request_id, latency_s, request_rows(inputs))], inputs, outputs)
 
 
-@pytest.mark.parametrize("on_loop", [False, True], ids=["direct", "loop-waves"])
-def test_rows_land_in_order_with_their_values_across_segments_and_versions(store: EventStore, monkeypatch, on_loop):
+def _stacked(calls: list[tuple]) -> tuple[list, dict, dict]:
+    """A batch as the batcher hands it over: the requests, and their tensors stacked in order."""
+    requests = [(labels, rid, lat, request_rows(inputs)) for rid, labels, inputs, _, lat in calls]
+    inputs = {n: np.concatenate([c[2][n] for c in calls]) for n in calls[0][2]}
+    outputs = {n: np.concatenate([c[3][n] for c in calls]) for n in calls[0][3]}
+    return requests, inputs, outputs
+
+
+def _record_all(log: PredictionLog, calls: list[tuple], batched: bool) -> int:
+    """Log each call alone, or in batches of up to 7 consecutive calls that have the same inputs (as the batcher forms them)."""
+    if not batched:
+        return sum(_one(log, rid, labels, inputs, outputs, lat) for rid, labels, inputs, outputs, lat in calls)
+    written, i = 0, 0
+    while i < len(calls):
+        j = i + 1
+        while j < len(calls) and j - i < 7 and calls[j][2].keys() == calls[i][2].keys():
+            j += 1
+        written += log.record(SIG, *_stacked(calls[i:j]))
+        i = j
+    return written
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batches"])
+def test_rows_land_in_order_with_their_values_across_segments_and_versions(store: EventStore, monkeypatch, batched):
     """One- and multi-row requests of two versions, over many small segments: each row's id, index, x, y and labels.
 
-    On an event loop, the one-row requests of a wave that have every tensor go in with one copy per tensor.
+    In batches that mix versions, each run of one version's requests goes in with one copy per tensor.
     """
     monkeypatch.setattr(predlog_mod, "SEGMENT_ROWS", 4)  # force many segment roll-overs
-    merged = []
-    write_rows = predlog_mod.Segment.write_rows
-    monkeypatch.setattr(predlog_mod.Segment, "write_rows", lambda seg, records: merged.append(write_rows(seg, records)) or merged[-1])
+    runs = []
+    write = predlog_mod.Segment.write
+    monkeypatch.setattr(predlog_mod.Segment, "write", lambda seg, run, *a: runs.append(len(run)) or write(seg, run, *a))
     log = _log(store)
     rng = np.random.default_rng(0)
     expected = []  # (labels, request id, row, x, y) in record order
@@ -78,14 +90,14 @@ def test_rows_land_in_order_with_their_values_across_segments_and_versions(store
         labels = A if i % 3 else B
         k = [1, 1, 3, 1, 2, 1, 1][i % 7]
         inputs, outputs = _request(rng, k, with_b=i % 9 != 0)
-        calls.append((f"r{i}", labels, SIG, inputs, outputs, 0.002))
+        calls.append((f"r{i}", labels, inputs, outputs, 0.002))
         for j in range(k):
             b = [float(inputs["b"][j])] if "b" in inputs else [np.nan]
             x = [*inputs["a"][j].ravel().astype(np.float64), *b]
             y = [float(outputs["label"][j]), *outputs["scores"][j].astype(np.float64)]
             expected.append((labels, f"r{i}", j, x, y))
-    assert all(_record_all(log, calls, on_loop))
-    assert any(merged) == on_loop  # waves of one-row requests were copied in together
+    assert _record_all(log, calls, batched) == 60
+    assert (max(runs) > 1) == batched  # several requests in one copy
     assert log.flush()
     log.close()
     got = store.cursor().execute(
@@ -104,31 +116,48 @@ def test_rows_land_in_order_with_their_values_across_segments_and_versions(store
         assert [r[10] for r in rows] == sorted(r[10] for r in rows)
 
 
+def _ids(store: EventStore) -> list[str]:
+    return [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+
+
 def test_buffer_limit_counts_rows_and_drops_whole_requests(store: EventStore):
     """buffer_rows bounds rows: a request that would cross it is not recorded at all, and is counted."""
     log = _log(store, buffer_rows=5)
     rng = np.random.default_rng(1)
-    assert log.record("first", A, SIG, *_request(rng, 3), 0.001)
-    assert not log.record("second", A, SIG, *_request(rng, 3), 0.001)  # 3 + 3 > 5
-    assert log.record("third", A, SIG, *_request(rng, 2), 0.001)  # 3 + 2 = 5
+    assert _one(log, "first", A, *_request(rng, 3))
+    assert not _one(log, "second", A, *_request(rng, 3))  # 3 + 3 > 5
+    assert _one(log, "third", A, *_request(rng, 2))  # 3 + 2 = 5
     assert log.dropped._value.get() == 1 and log.buffered.collect()[0].samples[0].value == 5
     assert log.flush()
-    assert log.record("after", A, SIG, *_request(rng, 3), 0.001)  # the flush freed the buffer
+    assert _one(log, "after", A, *_request(rng, 3))  # the flush freed the buffer
     log.close()
-    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
-    assert ids == ["first"] * 3 + ["third"] * 2 + ["after"] * 3
+    assert _ids(store) == ["first"] * 3 + ["third"] * 2 + ["after"] * 3
 
 
-def test_a_wave_on_the_event_loop_keeps_the_buffer_limit_per_request(store: EventStore):
-    """Requests answered in one loop iteration are dropped one by one at the limit: a later one that fits is kept."""
+def test_a_batch_keeps_the_buffer_limit_per_request(store: EventStore):
+    """A batch is dropped request by request at the limit: a later, smaller one that fits is kept, with its own rows."""
     log = _log(store, buffer_rows=5)
     rng = np.random.default_rng(4)
-    calls = [(f"r{i}", A, SIG, *_request(rng, k), 0.001) for i, k in enumerate([1, 1, 1, 3, 1, 1, 1])]
-    assert all(_record_all(log, calls, on_loop=True))  # on a loop, dropping is decided when the wave is copied in
+    calls = [(f"r{i}", A, *_request(rng, k), 0.001) for i, k in enumerate([1, 1, 1, 3, 1, 1, 1])]
+    assert log.record(SIG, *_stacked(calls)) == 5
     assert log.dropped._value.get() == 2 and log.buffered.collect()[0].samples[0].value == 5
     log.close()
-    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
-    assert ids == ["r0", "r1", "r2", "r4", "r5"]
+    assert _ids(store) == ["r0", "r1", "r2", "r4", "r5"]
+    x = [r[0] for r in store.cursor().execute("SELECT x FROM predictions ORDER BY seq").fetchall()]
+    want = [calls[i][2]["a"][0].ravel().astype(np.float64) for i in (0, 1, 2, 4, 5)]  # the rows after the gap are r4's and r5's
+    np.testing.assert_array_equal(np.array(x)[:, :6], np.array(want))
+
+
+def test_requests_without_an_id_and_sampled_out_ones_are_skipped(store: EventStore, monkeypatch):
+    """A request id of None (timed out while its batch ran) is not logged; sampling decides per request of a batch."""
+    log = _log(store, sample_rate=0.5)
+    draws = iter([0.1, 0.9, 0.2, 0.3])  # keep, drop, keep, keep (the None request draws nothing)
+    monkeypatch.setattr(predlog_mod.random, "random", lambda: next(draws))
+    rng = np.random.default_rng(5)
+    calls = [(rid, A, *_request(rng, 1), 0.001) for rid in ["a", "b", None, "c", "d"]]
+    assert log.record(SIG, *_stacked(calls)) == 3
+    log.close()
+    assert _ids(store) == ["a", "c", "d"]
 
 
 def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore, monkeypatch):
@@ -141,13 +170,13 @@ def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore,
     def flaky(table, versions):
         calls.append(table.num_rows)
         if len(calls) == 1:
-            log.record("during", A, SIG, *_request(rng, 1), 0.001)  # arrives while the failing flush runs
+            _one(log, "during", A, *_request(rng, 1))  # arrives while the failing flush runs
             raise RuntimeError("disk full")
         return real(table, versions)
 
     monkeypatch.setattr(store, "append_predictions", flaky)
     for i in range(3):
-        log.record(f"r{i}", A, SIG, *_request(rng, 1), 0.001)
+        _one(log, f"r{i}", A, *_request(rng, 1))
     assert log.flush()
     log.close()
     ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
@@ -155,22 +184,22 @@ def test_a_failed_append_puts_the_rows_back_before_newer_ones(store: EventStore,
     assert log.failures._value.get() == 1
 
 
-@pytest.mark.parametrize("on_loop", [False, True], ids=["direct", "loop-waves"])
-def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: EventStore, on_loop):
-    """A tensor whose size disagrees with the signature is not logged (and counted); the rows around it are,
-    also when they were answered in the same loop iteration."""
+def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: EventStore):
+    """A tensor whose size disagrees with the signature is not logged (and counted); the requests around it are.
+
+    In a batch every request shares the stacked tensor, so a misfit fails the batch, not its neighbours.
+    """
     log = _log(store)
     rng = np.random.default_rng(3)
     inputs, outputs = _request(rng, 1)
     bad = dict(outputs, scores=np.zeros((1, 3), np.float32))  # the signature says 2 scores a row
-    calls = [("before", A, SIG, inputs, outputs, 0.001), ("bad", A, SIG, inputs, bad, 0.001), ("after", A, SIG, inputs, outputs, 0.001)]
-    recorded = _record_all(log, calls, on_loop)
-    assert recorded == ([True, True, True] if on_loop else [True, False, True])  # on a loop it is found when copied in
-    assert log.record_errors._value.get() == 1
+    assert [_one(log, rid, A, inputs, out) for rid, out in [("before", outputs), ("bad", bad), ("after", outputs)]] == [1, 0, 1]
+    assert log.record(SIG, *_stacked([("bad1", A, inputs, bad, 0.001), ("bad2", A, inputs, bad, 0.001)])) == 0
+    assert log.record(SIG, *_stacked([("last1", A, inputs, outputs, 0.001), ("last2", A, inputs, outputs, 0.001)])) == 2
+    assert log.record_errors._value.get() == 3
     assert log.flush()
     log.close()
-    ids = [r[0] for r in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
-    assert ids == ["before", "after"]
+    assert _ids(store) == ["before", "after", "last1", "last2"]
 
 
 def test_results_retention_keeps_the_newest_window_and_evaluation_of_each_version(store: EventStore):

@@ -229,3 +229,79 @@ def test_inline_failure_raises_inference_failed():
         asyncio.run(serve(b, np.ones((1, 3), np.float32)))
     b.stop()
     assert len(seen) == 1
+
+
+class Recorder:
+    """Stands in for the prediction log: what the batcher hands over, and whether any request was answered by then."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, np.ndarray, np.ndarray, bool, str]] = []
+
+    def __call__(self, batch, inputs, outputs) -> None:
+        answered = any(p.future is not None and p.future.done() for p in batch)
+        self.calls.append(([p.request_id for p in batch], inputs["x"].copy(), outputs["y"].copy(), answered, threading.current_thread().name))
+
+
+@pytest.mark.parametrize("how", ["loop batch", "worker", "inline"])
+def test_each_batch_is_logged_stacked_as_the_model_ran_it_before_it_is_answered(how):
+    """The prediction log gets the batch's request ids and its tensors stacked (one copy per tensor), before any answer."""
+    s = FakeSession(warm_seconds=1.0 if how == "worker" else 5e-6)
+    n = 1 if how == "inline" else 4
+    b = Batcher(s, max_batch_size=8, max_queue_delay_us=200_000, max_queue_size=16, inline_max_us=50)
+    b.in_flight = lambda: n
+    rec = b.record = Recorder()
+    xs = [np.full((1, 3), i, np.float32) for i in range(n)]
+
+    async def scenario():
+        if how == "inline":
+            return [b.run_inline({"x": xs[0]}, request_id="r0")]
+        pending = [b.submit({"x": x}, request_id=f"r{i}") for i, x in enumerate(xs)]
+        return await asyncio.gather(*(p.future for p in pending))
+
+    outs = asyncio.run(scenario())
+    b.stop()
+    assert [o["y"].tolist() for o in outs] == [(x * 2).tolist() for x in xs]
+    assert len(rec.calls) == 1
+    ids, x, y, answered, thread = rec.calls[0]
+    assert ids == [f"r{i}" for i in range(n)] and not answered
+    np.testing.assert_array_equal(x, np.concatenate(xs))
+    np.testing.assert_array_equal(y, np.concatenate(xs) * 2)
+    assert (thread == threading.current_thread().name) == (how != "worker")
+
+
+def test_when_the_merged_run_fails_only_the_requests_that_succeeded_alone_are_logged():
+    """One bad request fails the merged run; the others are run and logged one by one, the bad one not at all."""
+
+    class Picky(FakeSession):
+        def run(self, feed):
+            if (feed["x"] < 0).any():
+                raise RuntimeError("negative")
+            return super().run(feed)
+
+    s = Picky(warm_seconds=5e-6)
+    b = Batcher(s, max_batch_size=8, max_queue_delay_us=0, max_queue_size=16, inline_max_us=50)
+    b.in_flight = lambda: 3
+    rec = b.record = Recorder()
+    xs = [np.full((1, 3), v, np.float32) for v in (1, -1, 2)]
+
+    async def scenario():
+        pending = [b.submit({"x": x}, request_id=f"r{i}") for i, x in enumerate(xs)]
+        return await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+
+    outs = asyncio.run(scenario())
+    b.stop()
+    assert isinstance(outs[1], InferenceFailed) and not isinstance(outs[0], Exception)
+    assert [(c[0], c[1].tolist()) for c in rec.calls] == [(["r0"], xs[0].tolist()), (["r2"], xs[2].tolist())]
+
+
+def test_a_failing_log_never_fails_the_request():
+    s = FakeSession(5e-6)
+    b, _ = make(s, inline_max_us=50)
+
+    def broken(batch, inputs, outputs):
+        raise RuntimeError("log broken")
+
+    b.record = broken
+    out = asyncio.run(serve(b, np.ones((1, 3), np.float32)))
+    b.stop()
+    np.testing.assert_array_equal(out["y"], np.full((1, 3), 2, np.float32))
