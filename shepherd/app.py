@@ -76,6 +76,24 @@ def _operation_id(handler: Any, method: str, components: list[Any]) -> str:
     return "".join(p.title() for p in [*parts, method.lower(), handler.handler_name]).replace("_", "").replace("-", "").replace(".", "")
 
 
+class ShepherdApp(Litestar):
+    """Litestar, except that `POST /v2/models/{m}[/versions/{v}]/infer` is answered before Litestar's routing.
+
+    That route is the serving hot path: going through Litestar's router, exception middleware and
+    handler pipeline cost more per request than decoding, batching and the model together
+    (benchmarks/README.md). `v2.serve_infer` does the same checks and gives the same answers.
+    Everything else, including malformed infer paths and other methods, is Litestar's.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = v2.infer_target(scope["path"])
+            if target is not None:
+                await v2.serve_infer(self.state.appliance, target[0], target[1], scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: Config, *, appliance: Appliance | None = None) -> Litestar:
     """The Litestar app for `config`. The lifespan opens (or adopts) the appliance and closes it."""
 
@@ -90,13 +108,12 @@ def create_app(config: Config, *, appliance: Appliance | None = None) -> Litesta
             if own:
                 await anyio.to_thread.run_sync(appl.close)
 
-    return Litestar(
+    return ShepherdApp(
         route_handlers=[
             health.live, health.ready, models.ModelsController, bundles.import_bundle, admin.AdminController,
             deployments.DeploymentsController, alerts.AlertsController, monitoring.MonitoringController, tracking.TrackingController, metrics.metrics, *v2.ROUTES, *mlflow.routers(),
         ],
         guards=[require_role],
-        middleware=[v2.infer_fast_path],
         lifespan=[lifespan],
         request_max_body_size=config.server.max_request_bytes,
         exception_handlers={

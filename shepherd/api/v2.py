@@ -12,7 +12,7 @@ import msgspec
 import structlog
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 
 from shepherd import __version__
 from shepherd.api.security import OPERATOR, VIEWER, actor
@@ -75,63 +75,61 @@ async def infer(request: Request, model: FromPath[str], version: FromPath[str | 
     return Response(result.body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(result.header_length)})
 
 
-def infer_fast_path(app: ASGIApp) -> ASGIApp:
-    """Serve POST .../infer without Litestar's per-request handler pipeline.
+def infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model, version or None) when `path` is `/v2/models/{m}/infer` or `/v2/models/{m}/versions/{v}/infer`, else None."""
+    if not path.startswith("/v2/models/") or not path.endswith("/infer"):
+        return None
+    parts = path[11:-6].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
 
-    Litestar's guard + kwargs + response pipeline costs ~100 µs per request on this path, more
-    than decoding, batching and the model together (benchmarks/README.md). This middleware runs
-    after routing, does the same things as `infer` above (viewer token, body limit, the same
-    `inference.infer`, the same error bodies) and answers directly. Every other route passes
-    through unchanged; `infer` above stays the documented route and the one the OpenAPI schema shows.
+
+async def serve_infer(appl: Appliance, model: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer POST .../infer without Litestar's routing and per-request handler pipeline (see app.ShepherdApp).
+
+    Litestar's route around this path cost ~100 µs a request, more than decoding, batching and the
+    model together (benchmarks/README.md, "Where Shepherd's time goes"). This does what `infer`
+    above does (viewer token, body limit, the same `inference.infer`, the same error bodies) and
+    answers directly; `infer` stays the documented route and the one the OpenAPI schema shows.
     """
-
-    next_app = app
-
-    async def fast(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/infer"):
-            await next_app(scope, receive, send)
-            return
-        params = scope.get("path_params") or {}
-        appl: Appliance = scope["litestar_app"].state.appliance
-        headers = dict(scope["headers"])
-        try:
-            principal = await appl.auth.aauthenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
-            principal.require(Role.viewer)
-            limit = appl.config.server.max_request_bytes
-            declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+    headers = dict(scope["headers"])
+    try:
+        principal = await appl.auth.aauthenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+        principal.require(Role.viewer)
+        limit = appl.config.server.max_request_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body exceeds server.max_request_bytes ({limit})", field="body")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
                 raise PayloadTooLarge(f"request body exceeds server.max_request_bytes ({limit})", field="body")
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds server.max_request_bytes ({limit})", field="body")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            header = headers.get(HEADER.encode())
-            result = await inference.infer_for(
-                appl, params["model"], params.get("version"), b"".join(chunks), None if header is None else header.decode("latin-1")
-            )
-        except ShepherdError as err:
-            extra = [(b"www-authenticate", b"Bearer")] if isinstance(err, Unauthenticated) else []
-            await _send(send, err.status, msgspec.json.encode(err.body()), b"application/json", extra)
-            return
-        except Exception:
-            log.exception("request_crashed", path=scope["path"])
-            await _send(send, 500, b'{"error":"internal error; see the server log","code":"INTERNAL_ERROR"}', b"application/json", [])
-            return
-        if result.header_length is None:
-            await _send(send, 200, result.body, b"application/json", [])
-        else:
-            extra = [(b"inference-header-content-length", str(result.header_length).encode())]
-            await _send(send, 200, result.body, b"application/octet-stream", extra)
-
-    return fast
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        header = headers.get(HEADER.encode())
+        result = await inference.infer_for(appl, model, version, b"".join(chunks), None if header is None else header.decode("latin-1"))
+    except ShepherdError as err:
+        extra = [(b"www-authenticate", b"Bearer")] if isinstance(err, Unauthenticated) else []
+        await _send(send, err.status, msgspec.json.encode(err.body()), b"application/json", extra)
+        return
+    except Exception:
+        log.exception("request_crashed", path=scope["path"])
+        await _send(send, 500, b'{"error":"internal error; see the server log","code":"INTERNAL_ERROR"}', b"application/json", [])
+        return
+    if result.header_length is None:
+        await _send(send, 200, result.body, b"application/json", [])
+    else:
+        extra = [(b"inference-header-content-length", str(result.header_length).encode())]
+        await _send(send, 200, result.body, b"application/octet-stream", extra)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]]) -> None:

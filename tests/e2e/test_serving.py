@@ -16,6 +16,7 @@ import pytest
 import tritonclient.http as triton
 from onnx import TensorProto, helper
 
+from shepherd.api import v2
 from shepherd.bundles.create import create
 from tests.e2e.conftest import admin_token
 
@@ -153,6 +154,33 @@ def test_bad_requests_get_clear_4xx(live):
     resp = live.http.post("/v2/models/multi/infer", content=b"x" * (11 * 1024 * 1024))
     assert resp.status_code == 413
     assert live.http.get("/v2/models/multi/versions/9/ready").status_code == 404
+    # Paths the infer fast path does not take fall through to Litestar's router, which refuses them
+    # (it folds "//", so some match a GET route: 405) with the usual error body.
+    for path in ["/v2/models/multi/extra/infer", "/v2/models//infer", "/v2/models/multi/versions//infer"]:
+        resp = live.http.post(path, json={"inputs": [ok_x, ok_w]})
+        assert resp.status_code in (404, 405) and resp.json()["code"] in ("ENDPOINT_NOT_FOUND", "METHOD_NOT_ALLOWED"), f"{path}: {resp.text}"
+    resp = live.http.get("/v2/models/multi/infer")
+    assert (resp.status_code, resp.json()["code"]) == (405, "METHOD_NOT_ALLOWED"), resp.text
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/v2/models/m/infer", ("m", None)),
+        ("/v2/models/m.v-2_x/versions/12/infer", ("m.v-2_x", "12")),
+        ("/v2/models/m/versions/abc/infer", ("m", "abc")),  # the version is checked (400) by inference.parse_version
+        ("/v2/models//infer", None),
+        ("/v2/models/m/versions//infer", None),
+        ("/v2/models/m/extra/infer", None),
+        ("/v2/models/m/version/1/infer", None),
+        ("/v2/models/m/infer/", None),
+        ("/v2/models/m/ready", None),
+        ("/v2/models/infer", None),
+        ("/api/v2/models/m/infer", None),
+    ],
+)
+def test_infer_fast_path_takes_exactly_the_v2_infer_routes(path, target):
+    assert v2.infer_target(path) == target
 
 
 def test_zero_failed_requests_across_200_swaps(live, bundles):
