@@ -97,11 +97,15 @@ class Segment:
     def capacity(self) -> int:
         return len(self.ts)
 
-    def write(self, run: Sequence[Answered], first: int, end: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ts_us: int) -> None:
-        """Copy requests in whose rows are rows first..end of the stacked tensors (the caller made sure they fit).
+    def write(
+        self, run: Sequence[Answered], first: int, end: int, total: int,
+        inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ts_us: int,
+    ) -> None:
+        """Copy requests in whose rows are rows first..end of the stacked tensors, which have `total`
+        rows (the caller made sure they fit the segment).
 
         One numpy copy per tensor whatever the number of requests. Raises (and writes nothing that
-        counts) when a tensor does not have the version's width.
+        counts) when a tensor has not `total` rows of the version's width.
         """
         n = self.n
         m = end - first
@@ -113,7 +117,9 @@ class Segment:
                 if a is None:  # an optional tensor absent from this request: no value
                     dest[n:stop, where] = np.nan
                     continue
-                if first or len(a) != m:
+                if a.ndim == 0 or len(a) != total:
+                    raise ValueError(f"{name}: {a.shape[0] if a.ndim else 0} rows where the requests have {total}")
+                if m != total:
                     a = a[first:end]
                 dest[n:stop, where] = a.reshape(m, width)
         self.ts[n:stop] = ts_us
@@ -200,6 +206,7 @@ class PredictionLog:
         ts_us = time.time_ns() // 1000
         sampled = cfg.sample_rate < 1.0
         written = 0
+        total = sum(r[3] for r in requests)  # rows of the stacked tensors
         run: list[Answered] = []
         first = row = 0  # the run's first row, and the next request's
         with self._lock:
@@ -211,7 +218,7 @@ class PredictionLog:
                     self.dropped.inc()
                     keep = False
                 if run and (not keep or labels != run[0][0]):
-                    written += self._put(signature, run, first, row, inputs, outputs, ts_us)
+                    written += self._put(signature, run, first, total, inputs, outputs, ts_us)
                     run = []
                 if keep:
                     if not run:
@@ -220,42 +227,42 @@ class PredictionLog:
                     room -= k
                 row += k
             if run:
-                written += self._put(signature, run, first, row, inputs, outputs, ts_us)
+                written += self._put(signature, run, first, total, inputs, outputs, ts_us)
             if self._rows >= cfg.flush_rows:
                 self._wake.set()
         return written
 
     def _put(
-        self, signature: dict[str, Any], run: list[Answered], first: int, end: int,
+        self, signature: dict[str, Any], run: list[Answered], first: int, total: int,
         inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ts_us: int,
     ) -> int:
-        """Copy a run of requests of one (deployment, model, version, slot) into its segments (lock held); returns those written."""
+        """Copy a run of requests of one (deployment, model, version, slot), whose rows start at row `first`
+        of the stacked tensors, into its segments (lock held); returns those written."""
         labels = run[0][0]
-        columns = self._columns.get(labels)
-        if columns is None:
-            columns = self._columns[labels] = Columns(signature)
         i, row = 0, first
-        while i < len(run):
-            seg = self._open.get(labels)
-            k = run[i][3]
-            if seg is None or seg.n + k > seg.capacity:
-                if seg is not None:
-                    self._full.append(seg)
-                seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, self.cfg.buffer_rows))
-            j, rows, free = i, 0, seg.capacity - seg.n
-            while j < len(run) and rows + run[j][3] <= free:
-                rows += run[j][3]
-                j += 1
-            try:
-                seg.write(run[i:j], row, row + rows, inputs, outputs, ts_us)
-            except Exception:  # the log must never fail an answered request; the partial rows are not counted
-                self.record_errors.inc(len(run) - i)
-                log.exception("prediction_log_record_failed", labels=labels, requests=len(run) - i, first_id=run[i][1])
-                return i
-            self._rows += rows
-            row += rows
-            i = j
-        return len(run)
+        try:
+            columns = self._columns.get(labels)
+            if columns is None:
+                columns = self._columns[labels] = Columns(signature)
+            while i < len(run):
+                seg = self._open.get(labels)
+                k = run[i][3]
+                if seg is None or seg.n + k > seg.capacity:
+                    if seg is not None:
+                        self._full.append(seg)
+                    seg = self._open[labels] = Segment(labels, columns, _capacity(columns, k, self.cfg.buffer_rows))
+                j, rows, free = i, 0, seg.capacity - seg.n
+                while j < len(run) and rows + run[j][3] <= free:
+                    rows += run[j][3]
+                    j += 1
+                seg.write(run[i:j], row, row + rows, total, inputs, outputs, ts_us)
+                self._rows += rows
+                row += rows
+                i = j
+        except Exception:  # the log must never fail an answered request; the partial rows are not counted
+            self.record_errors.inc(len(run) - i)
+            log.exception("prediction_log_record_failed", labels=labels, requests=len(run) - i, first_id=run[i][1])
+        return i
 
     # -- flushing -------------------------------------------------------------------------
 

@@ -196,7 +196,10 @@ def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: Ev
     assert [_one(log, rid, A, inputs, out) for rid, out in [("before", outputs), ("bad", bad), ("after", outputs)]] == [1, 0, 1]
     assert log.record(SIG, *_stacked([("bad1", A, inputs, bad, 0.001), ("bad2", A, inputs, bad, 0.001)])) == 0
     assert log.record(SIG, *_stacked([("last1", A, inputs, outputs, 0.001), ("last2", A, inputs, outputs, 0.001)])) == 2
-    assert log.record_errors._value.get() == 3
+    # an output with more rows than the requests (no batch axis) is a misfit too, not silently cut to size
+    wide = dict(outputs, label=np.zeros(3, np.int64))
+    assert log.record(SIG, [(A, "odd", 0.001, 1)], inputs, wide) == 0
+    assert log.record_errors._value.get() == 4
     assert log.flush()
     log.close()
     assert _ids(store) == ["before", "after", "last1", "last2"]
