@@ -220,6 +220,7 @@ class PredictionLog:
                 if run and (not keep or labels != run[0][0]):
                     written += self._put(signature, run, first, total, inputs, outputs, ts_us)
                     run = []
+                    room = cfg.buffer_rows - self._rows  # what the run really took: none of a run that failed
                 if keep:
                     if not run:
                         first = row
