@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -87,6 +88,9 @@ class Appliance:
             self.alerts, self.metrics.registry, self.model_runner,
         )
         self.ready = False
+        # The HTTP server's count of requests it has parsed and not yet answered, set by the server
+        # that runs this appliance (service.py); None where it is not known (tests, other servers).
+        self.active_requests: Callable[[], int] | None = None
 
     def reload(self) -> Any:
         """Re-read the config file and policies, validate, apply what can change live (shepherd.reload)."""

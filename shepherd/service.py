@@ -75,6 +75,9 @@ def run(cfg: Config, config_path: Path | None, imports: Sequence[Path], actor: s
                 log_config=None,
                 access_log=False,
                 lifespan="on",
+                # Nothing here reads the client's address, so X-Forwarded-* rewriting (uvicorn's
+                # default middleware around every request) would be work for nothing.
+                proxy_headers=False,
             ),
             appliance,
             notifier,
@@ -116,6 +119,9 @@ def _server(config: Any, appliance: Appliance, notifier: Notifier) -> Any:
             if not self.started:
                 return
             self.loop = loop = asyncio.get_running_loop()
+            # uvicorn's own count of requests being served (it keeps one task per parsed request;
+            # its limit_concurrency reads the same set): a lone one can run inline at once.
+            appliance.active_requests = self.server_state.tasks.__len__
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
             interval = watchdog_interval()
             if interval:
@@ -126,6 +132,7 @@ def _server(config: Any, appliance: Appliance, notifier: Notifier) -> Any:
             await reload(appliance, notifier, cause)
 
         async def shutdown(self, sockets: Any = None) -> None:
+            appliance.active_requests = None
             notifier.stopping()
             notifier.status("stopping: draining in-flight requests")
             if self._watchdog is not None:

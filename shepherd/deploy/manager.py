@@ -95,22 +95,27 @@ class DeploymentManager:
         predlog.record(signature, [(p.labels, None if p.dropped else p.request_id, now - p.started, p.rows) for p in batch], inputs, outputs)
 
     def _observe(self, loaded: LoadedVersion, batch: list[Pending], started: float, done: float, rows: int) -> None:
-        m, st = self.metrics, loaded.stats
-        for p in batch:
-            st.queue_ns += int((started - p.enqueued) * 1e9)
-            if p.labels:
-                m.bound(p.labels).queue_seconds.observe(started - p.enqueued)
+        st = loaded.stats
+        waits = [started - p.enqueued for p in batch]
+        st.queue_ns += int(sum(waits) * 1e9)
         st.queue_count += len(batch)
         st.compute_count += 1
         st.compute_ns += int((done - started) * 1e9)
         st.execution_count += 1
         st.inference_count += rows
-        if batch[0].labels:
-            bound = m.bound(batch[0].labels)
-            bound.compute_seconds.observe(done - started)
-            bound.batch_size.observe(rows)
-            if batch[0].future is not None:  # from the queue (an inline run leaves it as it was)
-                bound.queue_depth.set(loaded.batcher.depth())
+        first = batch[0].labels
+        if first:
+            # Each request's wait counts under its own labels (a swap can change a request's slot
+            # while it waits); the run counts under the first's. From the queue the depth changed;
+            # an inline run leaves it as it was.
+            by_labels: dict[tuple, list[float]] = {}
+            for p, wait in zip(batch, waits):
+                by_labels.setdefault(p.labels, []).append(wait)
+            depth = loaded.batcher.depth() if batch[0].future is not None else None
+            self.metrics.series(first).batch_done(by_labels.pop(first), done - started, rows, depth)
+            for labels, more in by_labels.items():
+                if labels:
+                    self.metrics.series(labels).batch_done(more, None, 0, None)
 
     def _label(self, dep: Deployment) -> None:
         for slot_name, slot in zip(SLOTS, dep.slots):

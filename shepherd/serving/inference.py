@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shepherd.errors import InvalidInput, ShepherdError
@@ -79,7 +80,7 @@ def infer_for(appl: Appliance, name: str, version: str | None, body: bytes, head
     """`infer` with the appliance's manager, metrics, prediction log and timeout (both HTTP entry points use this)."""
     return infer(
         appl.deployments, appl.metrics, name, version, body, header_length, appl.config.serving.request_timeout_ms / 1000,
-        assign_ids=appl.predlog is not None,
+        assign_ids=appl.predlog is not None, active_requests=appl.active_requests,
     )
 
 
@@ -92,12 +93,17 @@ async def infer(
     header_length: int | str | None,
     timeout: float,
     assign_ids: bool = False,
+    active_requests: Callable[[], int] | None = None,
 ) -> InferResult:
     """Serve one V2 infer request against deployment `name` (optionally a pinned version).
 
     With `assign_ids` (the prediction log is on), a request without an `id` gets a generated one
     (echoed in the response), so that ground truth can be sent for it later. The batcher logs the
     request (deployment.manager wires it to the log), with its latency up to when the model answered it.
+
+    `active_requests` is the HTTP server's count of requests it has parsed and not answered (this
+    one included). When it is 1 no other request can join this one's batch, so a model that runs
+    inline does so without first yielding to the event loop.
     """
     started = time.perf_counter()
     pinned = parse_version(version)
@@ -108,8 +114,8 @@ async def infer(
     else:  # pragma: no cover - only when swaps race this request three times
         raise ShepherdError(f"{name}: could not route the request; retry")
     labels = loaded.labels(name, slot)
-    bound = metrics.bound(labels)
-    bound.in_flight.inc()
+    series = metrics.series(labels)
+    series.in_flight += 1
     outcome = "failure"
     try:
         request = codec.decode_request(body, header_length, loaded.signature)
@@ -121,12 +127,14 @@ async def infer(
         outputs = None
         if loaded.batcher.inline_ok:
             # Let the requests whose bytes arrived in the same loop iteration start (and count
-            # themselves in flight) before deciding: under load they batch, alone this one runs inline.
-            await asyncio.sleep(0)
+            # themselves in flight) before deciding: under load they batch, alone this one runs
+            # inline. The server knows when there are none, which saves a loop iteration.
+            if active_requests is None or active_requests() > 1:
+                await asyncio.sleep(0)
             outputs = loaded.batcher.run_inline(request.inputs, labels, request_id, started)
         if outputs is None:
             pending: Pending = loaded.batcher.submit(request.inputs, labels, request_id, started)
-            bound.queue_depth.set(loaded.batcher.depth())
+            series.queue_depth = loaded.batcher.depth()
             # A timer instead of asyncio.wait_for(shield(...)): the same effect at a third of the cost.
             timer = asyncio.get_running_loop().call_later(timeout, _expire, pending, name, timeout)
             try:
@@ -154,6 +162,5 @@ async def infer(
             st.fail_ns += int(elapsed * 1e9)
         st.last_inference_ms = int(time.time() * 1000)
         loaded.release()
-        bound.in_flight.dec()
-        (bound.success if outcome == "success" else bound.failure).inc()
-        bound.request_seconds.observe(elapsed)
+        series.in_flight -= 1
+        series.request_done(outcome == "success", elapsed)

@@ -309,3 +309,38 @@ def test_request_timeout_answers_504_and_drops_the_request(seeded):
 
 
     run(scenario())
+
+
+def test_lone_request_runs_inline_without_yielding_when_the_server_says_so(seeded):
+    """With the HTTP server reporting one active request, an inline model answers without giving the loop a turn;
+    with more (or unknown), the request first yields so that requests arriving with it can join its batch."""
+    from shepherd.serving import inference
+
+    mgr = seeded.deployments
+    body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,3],"data":[1,2,3]}]}'
+
+    async def setup():
+        await mgr.deploy("d", "tiny", 1, actor="t")
+        await mgr.promote("d", actor="t")
+        lv = mgr.route("d")[1]
+        lv.batcher.inline_ok = True  # as warm-up finds for this tiny model on an idle machine
+        return lv
+
+    lv = run(setup())
+
+    def steps(active):
+        """How many times the coroutine suspends before it returns."""
+        coro = inference.infer(mgr, seeded.metrics, "d", None, body, None, 5.0, active_requests=active)
+        n = 0
+        try:
+            while True:
+                coro.send(None)
+                n += 1
+        except StopIteration as done:
+            assert done.value.version == 1
+        return n
+
+    assert steps(lambda: 1) == 0
+    assert steps(lambda: 2) == 1
+    assert steps(None) == 1
+    assert lv.stats.success_count == 3
