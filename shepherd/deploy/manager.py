@@ -103,19 +103,20 @@ class DeploymentManager:
         st.compute_ns += int((done - started) * 1e9)
         st.execution_count += 1
         st.inference_count += rows
-        first = batch[0].labels
-        if first:
-            # Each request's wait counts under its own labels (a swap can change a request's slot
-            # while it waits); the run counts under the first's. From the queue the depth changed;
-            # an inline run leaves it as it was.
-            by_labels: dict[tuple, list[float]] = {}
-            for p, wait in zip(batch, waits):
+        # Each request's wait counts under its own labels (a swap can change a request's slot while
+        # it waits); the run counts under the first request's. From the queue the depth changed; an
+        # inline run leaves it as it was.
+        by_labels: dict[tuple, list[float]] = {}
+        for p, wait in zip(batch, waits):
+            if p.labels:
                 by_labels.setdefault(p.labels, []).append(wait)
-            depth = loaded.batcher.depth() if batch[0].future is not None else None
-            self.metrics.series(first).batch_done(by_labels.pop(first), done - started, rows, depth)
-            for labels, more in by_labels.items():
-                if labels:
-                    self.metrics.series(labels).batch_done(more, None, 0, None)
+        first = batch[0].labels
+        for labels, group in by_labels.items():
+            if labels == first:
+                depth = loaded.batcher.depth() if batch[0].future is not None else None
+                self.metrics.series(labels).batch_done(group, done - started, rows, depth)
+            else:
+                self.metrics.series(labels).batch_done(group, None, 0, None)
 
     def _label(self, dep: Deployment) -> None:
         for slot_name, slot in zip(SLOTS, dep.slots):

@@ -53,14 +53,14 @@ _COLS = (
 def _enc_hook(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy scalars and arrays
         return obj.tolist()
-    raise NotImplementedError(f"cannot store a {type(obj).__name__} in alert details")
+    raise TypeError(f"cannot store a {type(obj).__name__} in alert details")
 
 
 def encode_details(details: dict[str, Any]) -> str:
     """Details as JSON text; InvalidInput (field `details`) when a value is not JSON-encodable."""
     try:
         return msgspec.json.encode(details, enc_hook=_enc_hook).decode()
-    except (TypeError, NotImplementedError, msgspec.EncodeError) as err:
+    except (TypeError, msgspec.EncodeError) as err:
         raise InvalidInput(f"alert details must be JSON-encodable: {err}", field="details") from None
 
 
