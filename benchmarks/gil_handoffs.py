@@ -7,8 +7,10 @@ benchmarks/serving.py, imported as a signed bundle, deployed and promoted) serve
 one-row requests through `inference.infer_for`. Then a busy Python thread stands in for the
 event loop, and the script runs one flush (`PredictionLog._flush_once`) and one monitor tick
 (`Monitor.tick`, with one kernel thread as in the server). The busy thread counts how often it
-lost the GIL for more than 100 µs ("losses") and for how long in all ("lost"). The switch
-interval is 0.5 ms, as in the server. For the tick, the losses and lost time are also attributed
+lost the GIL for more than 100 µs ("losses"), for how long in all ("lost"), its longest single
+wait and how many waits passed 1 ms (a request delayed that long weighs heavily in wrk's
+corrected percentiles, benchmarks/README.md). The switch
+interval is 0.5 ms, as in the server. For the tick, the losses, lost time and longest wait are also attributed
 to its parts: queries, kernels, storing the results and the streaming detectors.
 
 Each GIL hand-off costs the serving event loop more than the time it loses (benchmarks/README.md),
@@ -47,6 +49,8 @@ class BusyThread:
         self.stop = False
         self.losses = 0
         self.lost = 0.0
+        self.longest = 0.0  # the longest single gap: a C call that held the GIL throughout, or a chain of hand-offs
+        self.long = 0  # gaps over 1 ms
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -57,6 +61,8 @@ class BusyThread:
             if now - last > GAP_S:
                 self.losses += 1
                 self.lost += now - last
+                self.longest = max(self.longest, now - last)
+                self.long += now - last > 1e-3
             last = now
 
     def __enter__(self) -> BusyThread:
@@ -72,10 +78,12 @@ class BusyThread:
 def measure(label: str, fn: Callable[[], Any]) -> None:
     with BusyThread() as busy:
         losses, lost, cpu0, wall0 = busy.losses, busy.lost, time.thread_time(), time.perf_counter()
+        busy.longest, busy.long = 0.0, 0  # not the busy thread's own start
         fn()
         cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
         print(f"{label:24s} GIL losses {busy.losses - losses:4d}  lost {(busy.lost - lost) * 1e3:6.1f} ms  "
-              f"own CPU {cpu * 1e3:6.1f} ms  wall {wall * 1e3:6.1f} ms", flush=True)
+              f"longest {busy.longest * 1e3:5.2f} ms  over 1 ms {busy.long:3d}  own CPU {cpu * 1e3:6.1f} ms  wall {wall * 1e3:6.1f} ms",
+              flush=True)
 
 
 def attributed_tick(appl: Appliance) -> None:
@@ -84,6 +92,7 @@ def attributed_tick(appl: Appliance) -> None:
 
     losses: collections.Counter[str] = collections.Counter()
     lost: collections.Counter[str] = collections.Counter()
+    longest: dict[str, float] = {}
     depth = [0]
     patched: list[tuple[Any, str, Any]] = []
 
@@ -96,12 +105,14 @@ def attributed_tick(appl: Appliance) -> None:
                 return original(*args, **kwargs)
             depth[0] += 1
             n0, t0 = busy.losses, busy.lost
+            busy.longest = 0.0
             try:
                 return original(*args, **kwargs)
             finally:
                 depth[0] -= 1
                 losses[label] += busy.losses - n0
                 lost[label] += (busy.lost - t0) * 1e3
+                longest[label] = max(longest.get(label, 0.0), busy.longest * 1e3)
 
         patched.append((owner, name, original))
         setattr(owner, name, wrapper)
@@ -115,13 +126,14 @@ def attributed_tick(appl: Appliance) -> None:
         wrap(appl.monitor, "_store", "store results", busy)
         wrap(appl.monitor, "_streams_step", "streaming detectors", busy)
         n0, t0 = busy.losses, busy.lost
+        busy.longest = 0.0
         try:
             appl.monitor.tick()
         finally:
             for owner, name, original in patched:
                 setattr(owner, name, original)
         print(f"  tick: {busy.losses - n0} losses, {(busy.lost - t0) * 1e3:.1f} ms lost; by part: "
-              + ", ".join(f"{k} {losses[k]} / {lost[k]:.1f} ms" for k, _ in lost.most_common()), flush=True)
+              + ", ".join(f"{k} {losses[k]} / {lost[k]:.1f} ms (longest {longest[k]:.2f})" for k, _ in lost.most_common()), flush=True)
 
 
 def main() -> int:
