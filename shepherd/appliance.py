@@ -87,6 +87,8 @@ class Appliance:
             config, self.events, self.references, self.version_info, lambda: list(self.deployments.deployments),
             self.alerts, self.metrics.registry, self.model_runner,
         )
+        if self.predlog is not None:  # without logged predictions there are no drift windows to profile for
+            self.deployments.on_loaded = self.monitor.version_loaded
         self.ready = False
         # The HTTP server's count of requests it has parsed and not yet answered, set by the server
         # that runs this appliance (service.py); None where it is not known (tests, other servers).
@@ -120,8 +122,7 @@ class Appliance:
         for dep in self.deployments.deployments.values():
             for loaded in dep.slots.loaded():
                 if loaded.model == model and loaded.version == version and loaded.session is not None:
-                    session = loaded.session
-                    return lambda feed: dict(zip(session.output_names, session.run(feed)))
+                    return loaded.session.run_named
         return None
 
     def start(self) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import re
 import time
+from collections.abc import Callable
 
 import anyio
 import numpy as np
@@ -53,6 +54,11 @@ class DeploymentManager:
         self.predlog = predlog  # every loaded version's batcher logs what it ran here
         self.deployments: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Told of every version loaded (deploy, restore, a previous version loaded again):
+        # (deployment, model, version, a function running the version's model by output name).
+        # The appliance points it at the monitor, which profiles the version's reference in the
+        # background (a candidate has it before it is promoted). It must not block or raise.
+        self.on_loaded: Callable[[str, str, int, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]], None] | None = None
 
     # ------------------------------------------------------------------ loading
     def load_version(self, deployment: str, model: str, version: int) -> LoadedVersion:
@@ -84,6 +90,8 @@ class DeploymentManager:
         batcher.observe = functools.partial(self._observe, loaded)
         if self.predlog is not None:
             batcher.record = functools.partial(self._record, self.predlog, loaded.signature)
+        if self.on_loaded is not None:
+            self.on_loaded(deployment, model, version, session.run_named)
         return loaded
 
     @staticmethod

@@ -13,8 +13,11 @@ deployment and every version it has logged predictions for, one tick:
    A feature drifts when its PSI > `psi_threshold` or its corrected p-value < `p_value`; the
    window drifts when the share of drifted features (among those with data) >= `drift_share`.
    Results go to DuckDB, Prometheus gauges, and a Warning alert when the window drifted.
-   A version without a reference profile gets no drift windows (a `reference_missing` log event
-   once); an operator can adopt its first logged rows (`shepherd reference adopt`).
+   A version's reference profile is built from its bundle as soon as a deployment loads it
+   (`version_loaded`: deploy, start-up), on this thread, rather than by the first pass that finds
+   the version's logged rows, while the version serves. A version without one gets no drift windows (a
+   `reference_missing` log event once); an operator can adopt its first logged rows
+   (`shepherd reference adopt`).
 2. **Performance.** When new labels arrived, the most recent `performance.window_labels`
    labelled rows are scored (`performance.py`) and compared with the version's bundle metric
    (`baseline_metric`): a relative drop above `critical_drop` raises Critical, above
@@ -33,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +62,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[str, np.ndarray] | None]]
 """(model, version) -> (signature, bundle metrics, reference table or None)."""
+ModelRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""Runs a loaded version's model: inputs by name -> outputs by name."""
 
 
 class StreamState:
@@ -74,7 +80,7 @@ class Monitor:
     def __init__(
         self, config: Config, events: EventStore, references: References, version_info: VersionInfo,
         deployments: Callable[[], list[str]], alerts: Any, registry: CollectorRegistry,
-        run_model: Callable[[str, int], Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None],
+        run_model: Callable[[str, int], ModelRunner | None],
     ) -> None:
         self.config = config
         self.events = events
@@ -90,6 +96,9 @@ class Monitor:
         self._warned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop, or a version was loaded (version_loaded)
+        self._loaded: list[tuple[str, str, int, ModelRunner]] = []  # versions whose reference to prepare, oldest first
+        self._loaded_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         labels = ["deployment", "model", "version"]
         self.g_share = Gauge("shepherd_drift_share", "Share of drifted features in the last window.", labels, registry=registry)
@@ -113,8 +122,30 @@ class Monitor:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+
+    def version_loaded(self, deployment: str, model: str, version: int, run: ModelRunner) -> None:
+        """A deployment loaded a version: profile its reference now, in the background, before it takes traffic.
+
+        Otherwise the profile (the model run over the bundle's reference rows) would be built by the
+        first pass that finds the version's logged rows, while the version serves. Never blocks.
+        """
+        with self._loaded_lock:
+            self._loaded.append((deployment, model, version, run))
+        self._wake.set()
+
+    def _prepare_loaded(self) -> None:
+        """Build the reference profiles of the versions loaded since the last call (those without one)."""
+        with self._loaded_lock:
+            todo, self._loaded = self._loaded, []
+        for deployment, model, version, run in todo:
+            try:
+                with self._lock:
+                    self.reference(deployment, model, version, run)
+            except Exception:
+                log.exception("reference_prepare_failed", deployment=deployment, model=model, version=version)
 
     def kernel_threads(self) -> int:
         """Threads for the drift kernels on the monitor thread: monitoring.kernel_threads, or half the CPUs."""
@@ -135,11 +166,19 @@ class Monitor:
         while not compiled.is_set():
             if self._stop.wait(0.1):
                 return
-        while not self._stop.wait(self.config.monitoring.interval_s):
+        next_tick = time.monotonic() + self.config.monitoring.interval_s
+        while not self._stop.is_set():
+            self._prepare_loaded()
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                self._wake.wait(delay)  # a version loaded meanwhile is prepared at once (the list is drained above)
+                self._wake.clear()
+                continue
             try:
                 self.tick()
             except Exception:
                 log.exception("monitor_tick_failed")
+            next_tick = time.monotonic() + self.config.monitoring.interval_s
 
     @staticmethod
     def _compile(done: threading.Event) -> None:
@@ -187,14 +226,16 @@ class Monitor:
             layout = self._layouts[key] = build_layout(signature or sig, columns)
         return layout
 
-    def reference(self, deployment: str, model: str, version: int) -> VersionReference | None:
+    def reference(self, deployment: str, model: str, version: int, run: ModelRunner | None = None) -> VersionReference | None:
+        """The version's reference profile, built from its bundle the first time (`run`: its model, else a loaded session of it)."""
         ref = self.references.get(model, version)
         if ref is None and (model, version) not in self._warned:
             _, _, table = self.version_info(model, version)
             policy = self.policy(deployment).drift
             if table is not None:
                 ref = self.references.from_bundle(
-                    model, version, table, self.layout_of(model, version), policy.bins, policy.categorical, self.run_model(model, version)
+                    model, version, table, self.layout_of(model, version), policy.bins, policy.categorical,
+                    run or self.run_model(model, version),
                 )
             if ref is None:
                 self._warned.add((model, version))

@@ -97,6 +97,10 @@ class ModelSession:
         """Run the model; releases the GIL while ONNX Runtime computes."""
         return self.session.run(outputs or self.output_names, inputs)
 
+    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model; every output, by name (the monitor profiles a version's outputs over its reference rows)."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+
     def warm_up(self, example: dict[str, np.ndarray] | None = None, rounds: int = 3, timed: int = 9) -> None:
         """Run the input example (or a synthetic batch) a few times so the first request pays nothing.
 

@@ -132,6 +132,21 @@ def test_every_request_is_logged_with_ids_inputs_outputs_and_slot(appl: Applianc
         np.testing.assert_allclose(g[6], [label, *probs], rtol=1e-6)
 
 
+def test_a_deployed_versions_reference_is_profiled_before_any_request(appl: Appliance):
+    """Deploying a version profiles its bundle's reference (inputs, and outputs through the loaded model) in the
+    background, before any request is served or any monitor pass runs."""
+    deadline = time.monotonic() + 60
+    while appl.references.get("iris", 1) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ref = appl.references.get("iris", 1)
+    assert ref is not None and ref.outputs is not None
+    assert ref.outputs.numeric_names  # the model ran over the reference rows
+    info = appl.references.info("iris", 1)
+    assert info is not None and info.source == "bundle" and info.actor == "import"
+    assert appl.events.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
+    assert appl.events.cursor().execute("SELECT count(*) FROM drift_windows").fetchone()[0] == 0
+
+
 def test_a_multi_row_request_is_logged_row_by_row(appl: Appliance):
     """A request of 3 rows becomes 3 logged rows: one id, row indices 0-2, each row's inputs and outputs."""
     rows = reference_like(3, seed=7)
