@@ -15,8 +15,8 @@ deployment and every version it has logged predictions for, one tick:
    Results go to DuckDB, Prometheus gauges, and a Warning alert when the window drifted.
    A version's reference profile is built from its bundle as soon as a deployment loads it
    (`version_loaded`: deploy, start-up), on this thread, rather than by the first pass that finds
-   the version's logged rows, while the version serves. A version without one gets no drift windows (a
-   `reference_missing` log event once); an operator can adopt its first logged rows
+   the version's logged rows while the version serves. A version without one gets no drift
+   windows (a `reference_missing` log event once); an operator can adopt its first logged rows
    (`shepherd reference adopt`).
 2. **Performance.** When new labels arrived, the most recent `performance.window_labels`
    labelled rows are scored (`performance.py`) and compared with the version's bundle metric
@@ -127,10 +127,11 @@ class Monitor:
             self._thread.join(timeout=60)
 
     def version_loaded(self, deployment: str, model: str, version: int, run: ModelRunner) -> None:
-        """A deployment loaded a version: profile its reference now, in the background, before it takes traffic.
+        """A deployment loaded a version: profile its reference on the monitor's thread now (never blocks).
 
-        Otherwise the profile (the model run over the bundle's reference rows) would be built by the
-        first pass that finds the version's logged rows, while the version serves. Never blocks.
+        A deployed candidate has its profile long before it is promoted. Otherwise the profile (the
+        model run over the bundle's reference rows) would be built by the first pass that finds the
+        version's logged rows, while the version serves.
         """
         with self._loaded_lock:
             self._loaded.append((deployment, model, version, run))
