@@ -25,6 +25,7 @@ keeps the machine's slow and fast phases together).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes < 1 or args.rounds < 2:
         ap.error("--processes must be at least 1 and --rounds at least 2")
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if not serving.shutil.which("wrk"):
+    if not shutil.which("wrk"):
         print("error: wrk is needed as the load generator: apt-get install wrk", file=sys.stderr)
         return 2
 
@@ -99,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                     serving.start_shepherd(t, assets, serving_lines, extra)
             print(f"{len(servers)} servers up: {args.processes} per variant; {args.rounds} rounds, wrk 1 thread, "
                   f"{args.warmup:g} s warmup + {args.seconds:g} s, concurrency {concurrencies}\n", flush=True)
-            # results[name][c] is a (rounds, processes) array per measure
-            rps = {name: {c: np.zeros((args.rounds, args.processes)) for c in concurrencies} for name, _, _ in variants}
-            p99 = {name: {c: np.zeros((args.rounds, args.processes)) for c in concurrencies} for name, _, _ in variants}
-            cpu = {name: {c: np.zeros((args.rounds, args.processes)) for c in concurrencies} for name, _, _ in variants}
+            # rps / p99 / cpu [name][c]: a (rounds, processes) array each
+            rps, p99, cpu = ({name: {c: np.zeros((args.rounds, args.processes)) for c in concurrencies} for name, _, _ in variants}
+                             for _ in range(3))
             for r in range(args.rounds):
                 k = r % len(servers)
                 order = servers[k:] + servers[:k]

@@ -24,7 +24,7 @@ from shepherd.config import Config
 from shepherd.errors import Conflict, InvalidInput, NotFound, ShepherdError
 from shepherd.monitoring.predlog import PredictionLog
 from shepherd.serving.batcher import Batcher, Pending
-from shepherd.serving.engine import LoadError, ModelSession
+from shepherd.serving.engine import LoadError, ModelRunner, ModelSession
 from shepherd.serving.metrics import ServingMetrics
 from shepherd.serving.slots import SLOTS, Deployment, LoadedVersion, Slot, SlotSet
 from shepherd.store import deployments as store
@@ -58,7 +58,7 @@ class DeploymentManager:
         # (deployment, model, version, a function running the version's model by output name).
         # The appliance points it at the monitor, which profiles the version's reference in the
         # background (a candidate has it before it is promoted). It must not block or raise.
-        self.on_loaded: Callable[[str, str, int, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]], None] | None = None
+        self.on_loaded: Callable[[str, str, int, ModelRunner], None] | None = None
 
     # ------------------------------------------------------------------ loading
     def load_version(self, deployment: str, model: str, version: int) -> LoadedVersion:

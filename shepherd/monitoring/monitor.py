@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -56,14 +56,15 @@ from shepherd.monitoring.layout import Layout, build_layout, targets
 from shepherd.monitoring.references import References, VersionReference
 from shepherd.store.events import EventStore, list_matrix
 
+if TYPE_CHECKING:
+    from shepherd.serving.engine import ModelRunner
+
 log = structlog.get_logger()
 MAX_WINDOWS_PER_TICK = 50
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[str, np.ndarray] | None]]
 """(model, version) -> (signature, bundle metrics, reference table or None)."""
-ModelRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-"""Runs a loaded version's model: inputs by name -> outputs by name."""
 
 
 class StreamState:

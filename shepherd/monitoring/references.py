@@ -16,9 +16,8 @@ a version that shipped without one. The action is refused when the version alrea
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -28,6 +27,9 @@ from shepherd.errors import Conflict, InvalidInput, NotFound
 from shepherd.monitoring.layout import Layout
 from shepherd.monitoring.profile import ReferenceProfile, build_profile
 from shepherd.store.events import EventStore, list_matrix
+
+if TYPE_CHECKING:
+    from shepherd.serving.engine import ModelRunner
 
 log = structlog.get_logger()
 
@@ -96,7 +98,7 @@ class References:
 
     def from_bundle(
         self, model: str, version: int, table: dict[str, np.ndarray], layout: Layout, bins: int, categorical: list[str],
-        run_model: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+        run_model: ModelRunner | None,
     ) -> VersionReference | None:
         """Profile a bundle's reference table (column -> array) under the layout's names; None when it does not fit."""
         columns = [c for c, a in table.items() if a.dtype.kind in "iufb" or c in categorical]

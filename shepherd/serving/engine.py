@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from shepherd.config import Config
 from shepherd.errors import ShepherdError
 
 log = structlog.get_logger()
+
+ModelRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""Runs a loaded version's model: inputs by name -> outputs by name (`ModelSession.run_named`)."""
 
 V2_NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
