@@ -136,7 +136,10 @@ def test_single_row_window_matches_oracles(ref, cur):
     check_numeric_feature(res, 0, cur, ref, profile, "x")
 
 
-@pytest.mark.parametrize(("n_cur", "n_ref"), [(12_000, 15_000), (30, 12_000), (3_000, 2_000), (2_500, 2_500)])
+@pytest.mark.parametrize(("n_cur", "n_ref"), [
+    (12_000, 15_000), (30, 12_000), (3_000, 2_000), (2_500, 2_500),
+    (1_000, 455), (455, 1_000), (997, 10_000),  # a default window against a small reference, both ways; coprime sizes
+])
 @pytest.mark.parametrize("shift", [0.0, 0.03, 0.08, 0.3, 2.0])
 def test_ks_large_samples_match_scipy(n_cur, n_ref, shift):
     """Above 10 000 values KS uses scipy's asymptotic kstwo path, below it the exact DP; both match scipy."""
