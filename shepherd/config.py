@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -72,7 +73,7 @@ class ServingConfig(Section, kw_only=True):
     )
     """ONNX Runtime execution providers in order of preference; those not available on this machine are skipped."""
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
-    """Threads ONNX Runtime uses inside one operator (0: ONNX Runtime's default, one per core)."""
+    """Threads ONNX Runtime uses inside one operator (0: the CPUs the monitor's drift kernels leave, see monitoring.kernel_threads; every CPU when the prediction log is off)."""
     inter_op_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     """Threads ONNX Runtime uses across independent operators (0: ONNX Runtime's default)."""
     trt_engine_cache_dir: str = ""
@@ -115,7 +116,7 @@ class MonitoringConfig(Section, kw_only=True):
     interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
     """How often the monitor looks for complete drift windows and new feedback, in seconds."""
     kernel_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
-    """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1), so that serving keeps the rest."""
+    """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1); serving.intra_op_threads = 0 gives ONNX Runtime the rest."""
     policies_dir: str = "policies"
     """Directory of per-deployment policy files (<deployment>.toml; default.toml applies to the rest). Relative paths resolve against the config file's directory."""
 
@@ -218,6 +219,28 @@ class Policy(Section, kw_only=True):
     """Ground-truth performance and its alert thresholds."""
     alerts: AlertPolicy = msgspec.field(default_factory=AlertPolicy)
     """Alert cooldown and webhook."""
+
+
+def kernel_threads(cfg: Config) -> int:
+    """Threads for the monitor's drift kernels: monitoring.kernel_threads, or half the CPUs (at least 1)."""
+    return cfg.monitoring.kernel_threads or max(1, (os.cpu_count() or 1) // 2)
+
+
+def intra_op_threads(cfg: Config) -> int:
+    """ONNX Runtime's threads inside one operator: serving.intra_op_threads, or the CPUs the drift kernels leave.
+
+    The two pools split the CPUs instead of both taking all of them: ONNX Runtime's workers spin
+    between operators, and on a small box a spinning worker takes the core that the prediction
+    log's flush, the monitor and the event loop's other work need (benchmarks/README.md, "ONNX
+    Runtime's second thread"). With the prediction log off the kernels have nothing to do, and ONNX
+    Runtime gets every CPU, as its own default would.
+    """
+    if cfg.serving.intra_op_threads:
+        return cfg.serving.intra_op_threads
+    cpus = os.cpu_count() or 1
+    if not cfg.monitoring.prediction_log:
+        return cpus
+    return max(1, cpus - kernel_threads(cfg))
 
 
 def load_policy(policies_dir: Path, deployment: str) -> tuple[Policy, Path | None]:

@@ -221,3 +221,33 @@ def test_any_wrong_typed_value_is_named(raw, data):
         config_mod.parse(raw)
     # a list-valued setting is blamed at its first bad element (serving.providers.0)
     assert info.value.field == f"{section}.{key}" or info.value.field == f"{section}.{key}.0"
+
+
+@pytest.mark.parametrize(("cpus", "log", "kernel", "intra", "want_kernel", "want_intra"), [
+    (2, True, 0, 0, 1, 1),      # a 2-CPU box: one for the drift kernels, one for ONNX Runtime's pool
+    (16, True, 0, 0, 8, 8),
+    (1, True, 0, 0, 1, 1),      # never 0 (ONNX Runtime would read 0 as "every core")
+    (16, True, 4, 0, 4, 12),    # ONNX Runtime takes what the kernels leave
+    (16, True, 20, 0, 20, 1),
+    (16, False, 0, 0, 8, 16),   # no prediction log: the kernels have nothing to do, ONNX Runtime gets every CPU
+    (16, True, 0, 3, 8, 3),     # explicit settings win
+])
+def test_drift_kernels_and_onnx_runtime_split_the_cpus(monkeypatch, cpus, log, kernel, intra, want_kernel, want_intra):
+    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: cpus)
+    cfg = config_mod.parse({"monitoring": {"prediction_log": log, "kernel_threads": kernel}, "serving": {"intra_op_threads": intra}})
+    assert config_mod.kernel_threads(cfg) == want_kernel
+    assert config_mod.intra_op_threads(cfg) == want_intra
+
+
+def test_a_model_session_gets_the_intra_op_threads_of_the_split(tmp_path, monkeypatch):
+    """The engine hands ONNX Runtime the resolved count, not the raw 0 (which would mean every core)."""
+    from shepherd.serving.engine import ModelSession
+    from tests.conftest import write_model
+
+    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: 4)
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+                 "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]}
+    for log, want in ((True, 2), (False, 4)):
+        cfg = config_mod.parse({"monitoring": {"prediction_log": log}, "serving": {"providers": ["CPUExecutionProvider"]}})
+        session = ModelSession(cfg, write_model(tmp_path / "m.onnx"), signature, label="m:1")
+        assert session.session.get_session_options().intra_op_num_threads == want

@@ -34,7 +34,6 @@ good policy stays in force).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +47,7 @@ import pyarrow as pa
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from shepherd.config import Config, Policy, load_policy
+from shepherd.config import Config, Policy, kernel_threads, load_policy
 from shepherd.errors import ConfigError
 from shepherd.monitoring import kernels, performance
 from shepherd.monitoring.detectors import ADWIN, DDM, PageHinkley
@@ -153,8 +152,7 @@ class Monitor:
         """Threads for the drift kernels on the monitor thread: monitoring.kernel_threads, or half the CPUs."""
         import numba
 
-        wanted = self.config.monitoring.kernel_threads or max(1, (os.cpu_count() or 1) // 2)
-        return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+        return max(1, min(kernel_threads(self.config), numba.config.NUMBA_NUM_THREADS))
 
     def _run(self) -> None:
         import numba

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from shepherd.config import Config
+from shepherd.config import Config, intra_op_threads
 from shepherd.errors import ShepherdError
 
 log = structlog.get_logger()
@@ -77,7 +77,7 @@ class ModelSession:
                 f"(this ONNX Runtime has {ort.get_available_providers()})"
             )
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.serving.intra_op_threads
+        opts.intra_op_num_threads = intra_op_threads(cfg)
         opts.inter_op_num_threads = cfg.serving.inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         started = time.perf_counter()
@@ -95,7 +95,8 @@ class ModelSession:
         self.load_seconds = time.perf_counter() - started
         self.warm_seconds = float("inf")  # median single-run time, measured by warm_up
         self.warm_rows = 0
-        log.info("session_created", model=label, providers=self.providers, requested=providers, seconds=round(self.load_seconds, 4))
+        log.info("session_created", model=label, providers=self.providers, requested=providers, intra_op_threads=opts.intra_op_num_threads,
+                 seconds=round(self.load_seconds, 4))
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run the model; releases the GIL while ONNX Runtime computes."""
