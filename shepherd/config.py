@@ -221,9 +221,16 @@ class Policy(Section, kw_only=True):
     """Alert cooldown and webhook."""
 
 
+def cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. systemd's CPUAffinity=), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def kernel_threads(cfg: Config) -> int:
     """Threads for the monitor's drift kernels: monitoring.kernel_threads, or half the CPUs (at least 1)."""
-    return cfg.monitoring.kernel_threads or max(1, (os.cpu_count() or 1) // 2)
+    return cfg.monitoring.kernel_threads or max(1, cpus() // 2)
 
 
 def intra_op_threads(cfg: Config) -> int:
@@ -237,10 +244,9 @@ def intra_op_threads(cfg: Config) -> int:
     """
     if cfg.serving.intra_op_threads:
         return cfg.serving.intra_op_threads
-    cpus = os.cpu_count() or 1
     if not cfg.monitoring.prediction_log:
-        return cpus
-    return max(1, cpus - kernel_threads(cfg))
+        return cpus()
+    return max(1, cpus() - kernel_threads(cfg))
 
 
 def load_policy(policies_dir: Path, deployment: str) -> tuple[Policy, Path | None]:

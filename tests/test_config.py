@@ -233,7 +233,7 @@ def test_any_wrong_typed_value_is_named(raw, data):
     (16, True, 0, 3, 8, 3),     # explicit settings win
 ])
 def test_drift_kernels_and_onnx_runtime_split_the_cpus(monkeypatch, cpus, log, kernel, intra, want_kernel, want_intra):
-    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(config_mod, "cpus", lambda: cpus)
     cfg = config_mod.parse({"monitoring": {"prediction_log": log, "kernel_threads": kernel}, "serving": {"intra_op_threads": intra}})
     assert config_mod.kernel_threads(cfg) == want_kernel
     assert config_mod.intra_op_threads(cfg) == want_intra
@@ -244,10 +244,24 @@ def test_a_model_session_gets_the_intra_op_threads_of_the_split(tmp_path, monkey
     from shepherd.serving.engine import ModelSession
     from tests.conftest import write_model
 
-    monkeypatch.setattr(config_mod.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(config_mod, "cpus", lambda: 4)
     signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
                  "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]}
     for log, want in ((True, 2), (False, 4)):
         cfg = config_mod.parse({"monitoring": {"prediction_log": log}, "serving": {"providers": ["CPUExecutionProvider"]}})
         session = ModelSession(cfg, write_model(tmp_path / "m.onnx"), signature, label="m:1")
         assert session.session.get_session_options().intra_op_num_threads == want
+
+
+def test_cpus_follow_the_process_affinity():
+    """A server pinned to one CPU (systemd CPUAffinity=, taskset) counts one, not the machine's, and splits nothing."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from shepherd import config as c; "
+            "cfg = c.parse({}); print(c.cpus(), c.kernel_threads(cfg), c.intra_op_threads(cfg))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "1"]

@@ -176,8 +176,6 @@ def test_generated_request_ids_are_unique_hex_and_differ_between_processes():
 
 def test_monitor_kernel_threads_follow_the_config(mon_config: config_mod.Config, iris: Path):
     """monitoring.kernel_threads caps the drift kernels' threads on the monitor thread; 0 means half the CPUs."""
-    import os
-
     import numba
 
     from shepherd.monitoring.monitor import Monitor
@@ -188,7 +186,7 @@ def test_monitor_kernel_threads_follow_the_config(mon_config: config_mod.Config,
 
     top = numba.config.NUMBA_NUM_THREADS
     assert threads(1) == 1
-    assert threads(0) == max(1, min(top, (os.cpu_count() or 1) // 2))
+    assert threads(0) == max(1, min(top, config_mod.cpus() // 2))
     assert threads(1000) == top
 
 
