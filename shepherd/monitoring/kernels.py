@@ -513,8 +513,9 @@ def _ks_inside_method(m: int, n: int, g: int, h: int) -> float:
     serial chain through a row is one multiply-add; the rest of a cell's work (the table load, two
     products) does not wait for the previous cell, so it overlaps: 1.9-2.4x faster than the form
     with two multiply-adds on the chain; the same result to ~1e-15 (the terms are rounded
-    differently, and the recursion only ever averages them). Rows are the larger sample; V is indexed by absolute column j, so
-    a cell above the previous row's band (never written since the start) still reads 1.
+    differently, and the recursion only ever averages them). Rows are the larger sample; V is
+    indexed by absolute column j, so a cell above the previous row's band (never written since
+    the start) still reads 1.
     """
     if m < n:
         m, n = n, m

@@ -149,10 +149,10 @@ class Monitor:
                 log.exception("reference_prepare_failed", deployment=deployment, model=model, version=version)
 
     def kernel_threads(self) -> int:
-        """Threads for the drift kernels on the monitor thread: monitoring.kernel_threads, or half the CPUs."""
+        """Threads for the drift kernels on the monitor thread: `config.kernel_threads`, at most Numba's pool."""
         import numba
 
-        return max(1, min(kernel_threads(self.config), numba.config.NUMBA_NUM_THREADS))
+        return min(kernel_threads(self.config), numba.config.NUMBA_NUM_THREADS)
 
     def _run(self) -> None:
         import numba

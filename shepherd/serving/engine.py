@@ -104,7 +104,7 @@ class ModelSession:
 
     def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model; every output, by name (the monitor profiles a version's outputs over its reference rows)."""
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+        return dict(zip(self.output_names, self.run(inputs)))
 
     def warm_up(self, example: dict[str, np.ndarray] | None = None, rounds: int = 3, timed: int = 9) -> None:
         """Run the input example (or a synthetic batch) a few times so the first request pays nothing.
