@@ -16,6 +16,10 @@ before the first `[section]` are `[serving]` settings, the rest is appended as i
 --variant the variants are `log` (the defaults) and `nolog` (`[monitoring] prediction_log =
 false`): the prediction log's cost, issue 4's target.
 
+`--tree NAME=DIR` runs variant NAME's servers on the `shepherd` package in DIR (first on their
+PYTHONPATH), for comparing code rather than settings: `git worktree add /tmp/base HEAD~1`, then
+`--variant base= --variant new= --tree base=/tmp/base`.
+
 For each variant and concurrency it prints the medians of req/s, p99 and server CPU per
 request, and, against the first variant, the ratio of the mean req/s with a 90% interval from a
 bootstrap that resamples whole rounds (a round is one pass over every server; resampling rounds
@@ -67,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", type=parse_variant,
                     help="NAME=SETTINGS, repeatable; the first is the base (default: log against nolog)")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="run variant NAME's servers on the shepherd package in DIR (a worktree of another commit), repeatable")
     ap.add_argument("--processes", type=int, default=3, help="servers per variant (default 3)")
     ap.add_argument("--rounds", type=int, default=4, help="passes over every server (default 4)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server per concurrency (default 8)")
@@ -78,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     if len({name for name, _, _ in variants}) != len(variants):
         ap.error("variant names must differ")
+    trees: dict[str, str] = {}
+    for text in args.tree:
+        name, _, directory = text.partition("=")
+        if name not in {n for n, _, _ in variants}:
+            ap.error(f"--tree {text!r}: no variant named {name!r}")
+        if not (Path(directory) / "shepherd" / "__init__.py").is_file():
+            ap.error(f"--tree {text!r}: {directory} has no shepherd package")
+        trees[name] = str(Path(directory).resolve())
     if args.processes < 1 or args.rounds < 2:
         ap.error("--processes must be at least 1 and --rounds at least 2")
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.processes):
                     t = serving.Target(f"{name}#{i}", tmp, None)
                     servers.append((name, i, t))
-                    serving.start_shepherd(t, assets, serving_lines, extra)
+                    serving.start_shepherd(t, assets, serving_lines, extra, pythonpath=trees.get(name))
             print(f"{len(servers)} servers up: {args.processes} per variant; {args.rounds} rounds, wrk 1 thread, "
                   f"{args.warmup:g} s warmup + {args.seconds:g} s, concurrency {concurrencies}\n", flush=True)
             # rps / p99 / cpu [name][c]: a (rounds, processes) array each

@@ -308,15 +308,19 @@ def infer_body(row: list[float]) -> bytes:
     return json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, len(row)], "data": row}]}).encode()
 
 
-def start_shepherd(t: Target, assets: Assets, extra_serving: str = "", extra: str = "") -> str:
-    """Start `shepherd serve` over a fresh data directory, deploy and promote version 1; return an admin token."""
+def start_shepherd(t: Target, assets: Assets, extra_serving: str = "", extra: str = "", pythonpath: str | None = None) -> str:
+    """Start `shepherd serve` over a fresh data directory, deploy and promote version 1; return an admin token.
+
+    `pythonpath`: a directory whose `shepherd` package the server runs instead of this checkout's (ab.py --tree).
+    """
     cfg = t.dir / "shepherd.toml"
     cfg.write_text(
         f'[server]\nport = {t.port}\n[storage]\ndata_dir = "{t.dir / "data"}"\n[bundles]\ntrusted_keys_dir = "{assets.keys}"\n'
         f'[serving]\n{extra_serving}\n[logging]\nformat = "json"\n{extra}'
     )
     token = cli("token", "create", "--role", "admin", "--name", "bench", "--config", str(cfg)).strip()
-    t.spawn([str(BIN / "shepherd"), "serve", "--config", str(cfg), *sum((["--import", str(b)] for b in assets.bundles), [])])
+    env = None if pythonpath is None else dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")])))
+    t.spawn([str(BIN / "shepherd"), "serve", "--config", str(cfg), *sum((["--import", str(b)] for b in assets.bundles), [])], env=env)
     t.wait_ready()
     env = dict(os.environ, SHEPHERD_URL=t.url("/"), SHEPHERD_TOKEN=token)
     cli("deploy", DEPLOYMENT, DEPLOYMENT, "1", env=env)

@@ -117,6 +117,8 @@ class MonitoringConfig(Section, kw_only=True):
     """How often the monitor looks for complete drift windows and new feedback, in seconds."""
     kernel_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1); serving.intra_op_threads = 0 gives ONNX Runtime the rest."""
+    kernel_priority: Literal["normal", "low", "idle"] = "low"
+    """CPU priority of the thread that runs the drift kernels: low (nice 19: the CPU time serving leaves), idle (SCHED_IDLE: only CPU time nothing else wants; windows wait under a load that keeps every CPU busy), or normal."""
     policies_dir: str = "policies"
     """Directory of per-deployment policy files (<deployment>.toml; default.toml applies to the rest). Relative paths resolve against the config file's directory."""
 

@@ -106,6 +106,7 @@ def test_shepherd_toml_values_equal_defaults_except_paths():
         ('[logging]\nlevel = "loud"\n', "logging.level", "'loud'"),
         ("[bundles]\nmax_members = 1\n", "bundles.max_members", ">= 3"),
         ("[storage]\nsqlite_readers = 0\n", "storage.sqlite_readers", ">= 1"),
+        ('[monitoring]\nkernel_priority = "high"\n', "monitoring.kernel_priority", "'high'"),
         ("server = 5\n", "server", "object"),
     ],
 )
@@ -193,6 +194,7 @@ sections = st.fixed_dictionaries(
                 "retention_rows": st.integers(0, 2**40),
                 "interval_s": st.floats(0.05, 3600),
                 "kernel_threads": st.integers(0, 1024),
+                "kernel_priority": st.sampled_from(["normal", "low", "idle"]),
                 "policies_dir": st.just("/etc/shepherd/policies"),
             }
         ),

@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -946,8 +946,17 @@ def numeric_drift(profile: ReferenceProfile, current: np.ndarray | Mapping[str, 
     return numeric_drift_windows(profile, current)[0]
 
 
+KernelCall = Callable[..., Any]
+"""How a jitted kernel is run: `call(kernel, *args)`. `direct` on the calling thread; the monitor
+passes its kernel thread's (monitor.KernelThread), which runs it at a lower CPU priority."""
+
+
+def direct(kernel: Callable[..., Any], *args: Any) -> Any:
+    return kernel(*args)
+
+
 def numeric_drift_windows(
-    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None,
+    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None, call: KernelCall = direct,
 ) -> list[NumericDriftResult]:
     """numeric_drift of consecutive windows of `current` in one kernel call: window w is rows bounds[w]:bounds[w + 1]."""
     x = _numeric_input(profile, current)
@@ -956,8 +965,8 @@ def numeric_drift_windows(
     edge_off = np.asarray(profile.edge_offsets, dtype=np.int64)
     std = np.array([f.std for f in profile.numeric], dtype=np.float64)
     with _LOCK:
-        psi, ks, ksp, w1, w1n, js, miss, n, has = _numeric_kernel(
-            x, b, profile.samples_array(), ref_off, profile.edges_array(), edge_off,
+        psi, ks, ksp, w1, w1n, js, miss, n, has = call(
+            _numeric_kernel, x, b, profile.samples_array(), ref_off, profile.edges_array(), edge_off,
             profile.proportions_array(), std, PSI_EPSILON)
     names = tuple(profile.numeric_names)
     ref_missing = np.array([f.missing_rate for f in profile.numeric], dtype=np.float64)
@@ -977,7 +986,7 @@ def categorical_drift(profile: ReferenceProfile, current: np.ndarray | Mapping[s
 
 
 def categorical_drift_windows(
-    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None,
+    profile: ReferenceProfile, current: np.ndarray | Mapping[str, Any], bounds: Any = None, call: KernelCall = direct,
 ) -> list[CategoricalDriftResult]:
     """categorical_drift of consecutive windows of `current` in one kernel call (see numeric_drift_windows)."""
     c = _categorical_input(profile, current)
@@ -987,7 +996,7 @@ def categorical_drift_windows(
     off = np.zeros(len(freqs) + 1, dtype=np.int64)
     np.cumsum([len(f) for f in freqs], out=off[1:])
     with _LOCK:
-        stat, pval, dof, js, miss, n, unseen, has = _categorical_kernel(c, b, props, off, CHI2_FLOOR)
+        stat, pval, dof, js, miss, n, unseen, has = call(_categorical_kernel, c, b, props, off, CHI2_FLOOR)
     names = tuple(profile.categorical_names)
     ref_missing = np.array([f.missing_rate for f in profile.categorical], dtype=np.float64)
     return [

@@ -1,7 +1,9 @@
 """The monitor: drift windows, ground-truth performance and streaming detectors, per deployment and version.
 
-A daemon thread runs `tick()` every `monitoring.interval_s` (tests call it directly). For every
-deployment and every version it has logged predictions for, one tick:
+A daemon thread runs `tick()` every `monitoring.interval_s` (tests call it directly); the drift
+kernels themselves run on a thread of their own at `monitoring.kernel_priority` (`KernelThread`),
+once `start()` has made it. For every deployment and every version it has logged predictions
+for, one tick:
 
 1. **Drift windows (tumbling).** By count (`drift.window_rows`: the next N logged rows after the
    last window) or by time (`drift.window_seconds`: aligned to multiples of the window length
@@ -34,9 +36,11 @@ good policy stays in force).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +80,41 @@ class StreamState:
         self.error_received: datetime | None = None
 
 
+class KernelThread:
+    """The drift kernels' own thread, at `monitoring.kernel_priority`; `thread(kernel, *args)` runs one there and waits.
+
+    The kernels release the GIL, so only the OS scheduler decides when they run. On the monitor's
+    thread they ran at the event loop's priority, and on a machine with few CPUs a window pass
+    then competed with the event loop and the HTTP clients for a CPU. At a lower priority they get
+    what CPU time the serving path leaves. Only the kernels run here: this thread holds the GIL
+    just to start one and to return its results, so a low priority does not keep the GIL from the
+    event loop (a thread preempted while it holds the GIL would).
+    """
+
+    def __init__(self, threads: int, priority: str) -> None:
+        self.priority = priority
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="drift-kernels", initializer=self._init, initargs=(threads, priority))
+
+    @staticmethod
+    def _init(threads: int, priority: str) -> None:
+        import numba
+
+        numba.set_num_threads(threads)  # thread-local, and Numba's worker threads inherit this thread's priority
+        try:
+            if priority == "low":
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # on Linux, per thread
+            elif priority == "idle":
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+        except (OSError, AttributeError) as err:  # not Linux, or refused: run at normal priority
+            log.warning("kernel_priority_not_set", priority=priority, error=str(err))
+
+    def __call__(self, kernel: Callable[..., Any], *args: Any) -> Any:
+        return self._pool.submit(kernel, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class Monitor:
     def __init__(
         self, config: Config, events: EventStore, references: References, version_info: VersionInfo,
@@ -100,6 +139,7 @@ class Monitor:
         self._loaded: list[tuple[str, str, int, ModelRunner]] = []  # versions whose reference to prepare, oldest first
         self._loaded_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._kernels: KernelThread | None = None  # from start(); tick() without it runs the kernels on its own thread
         labels = ["deployment", "model", "version"]
         self.g_share = Gauge("shepherd_drift_share", "Share of drifted features in the last window.", labels, registry=registry)
         self.g_drifted = Gauge("shepherd_drift_detected", "1 when the last window drifted.", labels, registry=registry)
@@ -117,6 +157,7 @@ class Monitor:
 
     def start(self) -> None:
         """Compile the kernels in the background (the first window does not pay for it), then tick every interval."""
+        self._kernels = KernelThread(self.kernel_threads(), self.config.monitoring.kernel_priority)
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
         self._thread.start()
 
@@ -125,6 +166,8 @@ class Monitor:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self._kernels is not None:
+            self._kernels.close()
 
     def version_loaded(self, deployment: str, model: str, version: int, run: ModelRunner) -> None:
         """A deployment loaded a version: profile its reference on the monitor's thread now (never blocks).
@@ -322,9 +365,10 @@ class Monitor:
             x = np.empty((len(x), len(layout.x_names)))
         if y.shape[1] == 0:
             y = np.empty((len(y), len(layout.y_names)))
-        parts = [_profile_columns(ref.inputs, layout.x_names, x, "input", bounds)]
+        call = self._kernels or kernels.direct
+        parts = [_profile_columns(ref.inputs, layout.x_names, x, "input", bounds, call)]
         if ref.outputs is not None:
-            parts.append(_profile_columns(ref.outputs, layout.y_names, y, "output", bounds))
+            parts.append(_profile_columns(ref.outputs, layout.y_names, y, "output", bounds, call))
         return _joined(parts)
 
     def _evaluate(
@@ -552,8 +596,10 @@ class Evaluated:
         self.features = features
 
 
-def _profile_columns(profile: Any, names: list[str], matrix: np.ndarray, role: str, bounds: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Run the kernels for one profile over the matching columns of each window: one array per result column."""
+def _profile_columns(
+    profile: Any, names: list[str], matrix: np.ndarray, role: str, bounds: np.ndarray, call: kernels.KernelCall,
+) -> list[dict[str, np.ndarray]]:
+    """Run the kernels (through `call`) for one profile over the matching columns of each window: one array per result column."""
     index = {n: j for j, n in enumerate(names)}
     parts: list[list[dict[str, np.ndarray]]] = []
     if profile.numeric:
@@ -564,7 +610,7 @@ def _profile_columns(profile: Any, names: list[str], matrix: np.ndarray, role: s
                 "psi": res.psi, "ks": res.ks_stat, "ks_pvalue": res.ks_pvalue, "wasserstein": res.wasserstein,
                 "wasserstein_norm": res.wasserstein_norm, "js": res.js, "chi2": nan, "chi2_pvalue": nan,
             })
-            for res in kernels.numeric_drift_windows(profile, cols, bounds)
+            for res in kernels.numeric_drift_windows(profile, cols, bounds, call)
         ])
     if profile.categorical:
         # both the reference and the window are float64 columns here, so categories compare alike
@@ -575,7 +621,7 @@ def _profile_columns(profile: Any, names: list[str], matrix: np.ndarray, role: s
                 "psi": nan, "ks": nan, "ks_pvalue": nan, "wasserstein": nan, "wasserstein_norm": nan, "js": res.js,
                 "chi2": res.chi2_stat, "chi2_pvalue": res.chi2_pvalue,
             })
-            for res in kernels.categorical_drift_windows(profile, codes, bounds)
+            for res in kernels.categorical_drift_windows(profile, codes, bounds, call)
         ])
     if not parts:  # a profile without features
         empty = {key: np.empty(0, dtype=object) for key in ("feature", "role", "kind")}

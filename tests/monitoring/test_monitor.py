@@ -504,3 +504,87 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     assert hist[0]["start_ts"].timestamp() % 60 == 0
     assert hist[2]["n_rows"] == 0 and not hist[2]["drifted"]
     assert all(not f["has_data"] and f["psi"] is None for f in hist[2]["features"]), "no data, never NaN"
+
+
+def _thread_priority(tid: int) -> tuple[int, int]:
+    """(scheduling policy, nice value) of one thread of this process, as the kernel reports them."""
+    import os
+
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        nice = int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of stat; the 17th after the command name
+    return os.sched_getscheduler(tid), nice
+
+
+@pytest.mark.parametrize("priority", ["low", "idle", "normal"])
+def test_drift_kernels_run_on_their_own_thread_at_the_configured_priority(
+    mon_config: config_mod.Config, iris: Path, monkeypatch, priority: str,
+):
+    """The window pass hands the kernels to the drift-kernels thread, which runs at monitoring.kernel_priority; the rest stays put."""
+    import os
+    import threading
+
+    from shepherd.monitoring import kernels
+
+    ran_on: list[int] = []
+    for name in ("_numeric_kernel", "_categorical_kernel"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _real=real: ran_on.append(threading.get_native_id()) or _real(*a))
+    cfg = config_mod.parse({**msgspec_builtins(mon_config), "monitoring": {
+        **msgspec_builtins(mon_config.monitoring), "kernel_priority": priority}})
+    a = Appliance(cfg)
+    a.start()
+    try:
+        a.importer.import_file(iris, actor="t")
+
+        async def deploy():
+            await a.deployments.deploy("iris", "iris", 1, actor="t")
+            await a.deployments.promote("iris", actor="t")
+
+        asyncio.run(deploy())
+        serve(a, [reference_like(200, seed=1) + np.float32(3.0)])
+        a.predlog.flush()
+        for t in threading.enumerate():
+            if t.name == "drift-compile":  # the start-up warm-up runs the kernels on its own thread
+                t.join()
+        ran_on.clear()
+        a.monitor.tick()
+        hist = a.monitor.drift_history("iris", None, None, 10)
+        assert len(hist) == 1 and hist[0]["drifted"], "the results came back from the kernel thread"
+        threads = {t.native_id for t in threading.enumerate() if t.name.startswith("drift-kernels")}
+        assert len(threads) == 1 and set(ran_on) == threads, "every kernel ran there, and not on the ticking thread"
+        policy, nice = _thread_priority(threads.pop())
+        assert (policy, nice) == {"low": (os.SCHED_OTHER, 19), "idle": (os.SCHED_IDLE, 0), "normal": (os.SCHED_OTHER, 0)}[priority]
+        assert _thread_priority(threading.get_native_id()) == (os.SCHED_OTHER, 0), "the calling thread keeps its priority"
+    finally:
+        a.close()
+    assert not any(t.name.startswith("drift-kernels") for t in threading.enumerate()), "close() ends the kernel thread"
+
+
+def test_a_refused_kernel_priority_is_logged_and_the_kernels_still_run(mon_config: config_mod.Config, iris: Path, monkeypatch):
+    """Where the OS refuses the lower priority (no permission, not Linux), the kernels run at normal priority and say so once."""
+    import os
+
+    from structlog.testing import capture_logs
+
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    from shepherd.monitoring.monitor import KernelThread
+    from shepherd.monitoring import kernels
+
+    with capture_logs() as logs:
+        thread = KernelThread(1, "low")
+        try:
+            assert thread(lambda x: x + 1, 41) == 42
+            res = kernels.numeric_drift(_profile_for_test(), {"x": np.arange(50.0)})
+            assert res.n_rows == 50
+        finally:
+            thread.close()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["kernel_priority_not_set"]
+
+
+def _profile_for_test():
+    from shepherd.monitoring.profile import build_profile
+
+    return build_profile({"x": np.random.default_rng(0).normal(size=100)}, n_bins=5)
