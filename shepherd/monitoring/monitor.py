@@ -92,7 +92,6 @@ class KernelThread:
     """
 
     def __init__(self, threads: int, priority: str) -> None:
-        self.priority = priority
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="drift-kernels", initializer=self._init, initargs=(threads, priority))
 
     @staticmethod
