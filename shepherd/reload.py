@@ -10,8 +10,8 @@ and [serving] batching and timeouts (max_batch_size, max_queue_delay_us, max_que
 inline_max_us, request_timeout_ms, drain_timeout_s, keep_previous_warm: new values apply to
 versions loaded from then on, and timeouts to new requests). Settings that need a restart
 ([server], [storage], [bundles] paths, providers and ONNX Runtime threads, the TensorRT
-options, monitoring.prediction_log) are reported in `restart_required` and keep their old
-values until then. Policy files are re-read on every reload.
+options, monitoring.prediction_log and the drift kernels' threads and priority) are reported in
+`restart_required` and keep their old values until then. Policy files are re-read on every reload.
 """
 
 from __future__ import annotations
