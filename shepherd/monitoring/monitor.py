@@ -148,6 +148,10 @@ class Monitor:
             "shepherd_drift_feature_pvalue", "Corrected p-value of each feature in the last window.", [*labels, "feature"], registry=registry
         )
         self.g_perf = Gauge("shepherd_model_performance", "Metric over the latest labelled rows.", [*labels, "metric"], registry=registry)
+        self.g_pass = Gauge(
+            "shepherd_monitor_pass_seconds",
+            "Wall time of the monitor's last pass; near monitoring.interval_s, the monitor is falling behind.", registry=registry,
+        )
         self.g_stream = Gauge(
             "shepherd_stream_drift_detections", "Streaming detector detections since start.", [*labels, "stream"], registry=registry
         )
@@ -288,6 +292,7 @@ class Monitor:
 
     def tick(self, now: datetime | None = None) -> None:
         with self._lock:
+            started = time.perf_counter()
             now = now or datetime.now(UTC)
             generation = self.events.feedback_generation
             new_feedback = generation != self._feedback_seen
@@ -305,6 +310,7 @@ class Monitor:
                     except Exception:
                         log.exception("monitor_version_failed", deployment=deployment, model=model, version=version)
             self._feedback_seen = generation
+            self.g_pass.set(time.perf_counter() - started)
 
     # -- drift windows --------------------------------------------------------------------
 

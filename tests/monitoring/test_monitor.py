@@ -548,9 +548,13 @@ def test_drift_kernels_run_on_their_own_thread_at_the_configured_priority(
             if t.name == "drift-compile":  # the start-up warm-up runs the kernels on its own thread
                 t.join()
         ran_on.clear()
+        before = time.perf_counter()
         a.monitor.tick()
+        took = time.perf_counter() - before
         hist = a.monitor.drift_history("iris", None, None, 10)
         assert len(hist) == 1 and hist[0]["drifted"], "the results came back from the kernel thread"
+        passed = float(next(line.split()[1] for line in _metrics(a).splitlines() if line.startswith("shepherd_monitor_pass_seconds ")))
+        assert 0 < passed <= took, "the gauge holds the last pass's wall time"
         threads = {t.native_id for t in threading.enumerate() if t.name.startswith("drift-kernels")}
         assert len(threads) == 1 and set(ran_on) == threads, "every kernel ran there, and not on the ticking thread"
         policy, nice = _thread_priority(threads.pop())
