@@ -947,8 +947,8 @@ def numeric_drift(profile: ReferenceProfile, current: np.ndarray | Mapping[str, 
 
 
 KernelCall = Callable[..., Any]
-"""How a jitted kernel is run: `call(kernel, *args)`. `direct` on the calling thread; the monitor
-passes its kernel thread's (monitor.KernelThread), which runs it at a lower CPU priority."""
+"""How a jitted kernel is run: `call(kernel, *args)`. `direct` runs it on the calling thread; the
+monitor passes its kernel thread (monitor.KernelThread), which runs it at a lower CPU priority."""
 
 
 def direct(kernel: Callable[..., Any], *args: Any) -> Any:

@@ -98,7 +98,9 @@ class KernelThread:
     def _init(threads: int, priority: str) -> None:
         import numba
 
-        numba.set_num_threads(threads)  # thread-local, and Numba's worker threads inherit this thread's priority
+        # Thread-local. Worker threads that this thread starts (OpenMP's team of a parallel kernel)
+        # inherit its priority; on a 2-CPU box a kernel runs on this thread alone.
+        numba.set_num_threads(threads)
         try:
             if priority == "low":
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # on Linux, per thread
