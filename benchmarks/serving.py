@@ -319,8 +319,8 @@ def start_shepherd(t: Target, assets: Assets, extra_serving: str = "", extra: st
         f'[serving]\n{extra_serving}\n[logging]\nformat = "json"\n{extra}'
     )
     token = cli("token", "create", "--role", "admin", "--name", "bench", "--config", str(cfg)).strip()
-    env = None if pythonpath is None else dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")])))
-    t.spawn([str(BIN / "shepherd"), "serve", "--config", str(cfg), *sum((["--import", str(b)] for b in assets.bundles), [])], env=env)
+    server_env = None if pythonpath is None else dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")])))
+    t.spawn([str(BIN / "shepherd"), "serve", "--config", str(cfg), *sum((["--import", str(b)] for b in assets.bundles), [])], env=server_env)
     t.wait_ready()
     env = dict(os.environ, SHEPHERD_URL=t.url("/"), SHEPHERD_TOKEN=token)
     cli("deploy", DEPLOYMENT, DEPLOYMENT, "1", env=env)

@@ -197,15 +197,12 @@ class Monitor:
                 log.exception("reference_prepare_failed", deployment=deployment, model=model, version=version)
 
     def kernel_threads(self) -> int:
-        """Threads for the drift kernels on the monitor thread: `config.kernel_threads`, at most Numba's pool."""
+        """Threads for the drift kernels on their thread (KernelThread): `config.kernel_threads`, at most Numba's pool."""
         import numba
 
         return min(kernel_threads(self.config), numba.config.NUMBA_NUM_THREADS)
 
     def _run(self) -> None:
-        import numba
-
-        numba.set_num_threads(self.kernel_threads())  # thread-local: only this thread's kernels are limited
         # Compilation gets its own daemon thread: a first start (no Numba cache yet) compiles for
         # tens of seconds, and a shutdown must not wait for it. Numba writes its cache files by
         # rename, so a compile cut short at exit leaves no broken cache behind.
