@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Net new container objects before a young garbage collection (CPython's default is 700). In a
+server, the objects of the requests in flight come and go by the thousand; at 700, collections ran
+about a hundred times a second at 64 connections, each one walking the requests in flight, and
+every tenth promoted them to the older generations, whose collections followed. At 10,000 a
+collection waits for garbage that reference counting cannot free (cycles), and in a benchmark run
+none happened at all (benchmarks/README.md)."""
+
 GIL_SWITCH_INTERVAL_S = 0.0005
 """Background threads (prediction-log flusher, monitor, batcher workers) hand the GIL back to the
 event loop after at most this long instead of CPython's 5 ms, which otherwise shows up whole in
@@ -84,10 +92,7 @@ def run(cfg: Config, config_path: Path | None, imports: Sequence[Path], actor: s
         )
         if cfg.server.watch_config and config_path is not None:
             watcher = ConfigWatcher(appliance, server)
-        # Start-up leaves ~100k long-lived objects (modules, sessions); freezing them keeps full
-        # garbage collections (tens of ms each) out of the request path's tail latency.
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # uvicorn drains on SIGTERM, then restores the previous handler and re-raises the signal.
         # With the default handler that would kill the process before `finally` flushes the
@@ -101,6 +106,19 @@ def run(cfg: Config, config_path: Path | None, imports: Sequence[Path], actor: s
         notifier.stopping()
         appliance.close()
         notifier.close()
+
+
+def settle_heap() -> None:
+    """Collect the garbage of start-up, freeze what is left out of the cyclic collector, and make
+    young collections rare (GC_YOUNG_THRESHOLD).
+
+    Start-up leaves ~100k long-lived objects (modules, sessions); frozen, they are never walked
+    again, which keeps full collections (tens of ms each, holding the GIL) out of the request
+    path's tail latency. `serve` calls this once before it binds its socket.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _server(config: Any, appliance: Appliance, notifier: Notifier) -> Any:
