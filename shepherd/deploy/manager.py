@@ -97,10 +97,10 @@ class DeploymentManager:
     @staticmethod
     def _record(
         predlog: PredictionLog, signature: dict, batch: list[Pending], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+        answered: float,
     ) -> None:
-        """Log a batch the model answered; a request that timed out meanwhile was not answered and is not logged."""
-        now = time.perf_counter()
-        predlog.record(signature, [(p.labels, None if p.dropped else p.request_id, now - p.started, p.rows) for p in batch], inputs, outputs)
+        """Log a batch the model answered at `answered` (perf_counter); a request that timed out meanwhile was not answered and is not logged."""
+        predlog.record(signature, [(p.labels, None if p.dropped else p.request_id, answered - p.started, p.rows) for p in batch], inputs, outputs)
 
     def _observe(self, loaded: LoadedVersion, batch: list[Pending], started: float, done: float, rows: int) -> None:
         st = loaded.stats

@@ -17,8 +17,10 @@ per event-loop iteration and stacked again for the copy, 14 µs a request at 8 c
 (benchmarks/README.md, "Prediction log in columns" and "The prediction log copies what the model ran").
 
 Durability: a flush runs when `flush_rows` rows are buffered or `flush_interval_s` has passed,
-whichever is first. A batch is logged before its requests are answered, so `flush()` covers every
-answered request. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
+whichever is first. The batcher's worker logs a batch before it answers it; a run on the event
+loop is logged by the loop's next callback, after its answers and before the loop reads any more
+input (the copy then overlaps the client's turn-around). Either way a `flush()` asked for after an
+answer was seen (feedback for it, say) covers that request. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
 (SIGKILL, power loss) loses what arrived since the last flush: at most one interval.
 
 Back-pressure: the buffers hold at most `buffer_rows` rows. When DuckDB cannot keep up, further
@@ -270,7 +272,7 @@ class PredictionLog:
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything recorded before this call is in DuckDB (used by feedback and tests).
 
-        Every answered request is covered: the batcher logs a batch before it answers it.
+        Every answered request whose answer reached the caller is covered (the module's "Durability").
         """
         with self._flushed:
             self._requested += 1

@@ -113,15 +113,16 @@ class Batcher:
         max_queue_size: int,
         inline_max_us: int = 0,
         observe: Callable[[list[Pending], float, float, int], None] | None = None,
-        record: Callable[[list[Pending], dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
+        record: Callable[[list[Pending], dict[str, np.ndarray], dict[str, np.ndarray], float], None] | None = None,
     ) -> None:
         self.session = session
         self.max_rows = max_batch_size if session.batchable else 1
         self.delay = max_queue_delay_us / 1e6
         self.queue: queue.Queue = queue.Queue(max_queue_size)
         self.observe = observe
-        # The prediction log: called with requests that succeeded and their rows stacked as the
-        # model ran them (inputs, outputs), before they are answered.
+        # The prediction log: called with requests that succeeded, their rows stacked as the model
+        # ran them (inputs, outputs), and when the model answered them (perf_counter); before they
+        # are answered on the worker, right after on the event loop (_record_after_answer).
         self.record = record
         self.inline_budget = inline_max_us / 1e6
         self.inline_limit = self.inline_budget * INLINE_IN_SERVICE
@@ -196,7 +197,7 @@ class Batcher:
         self._observe([p], started, done, p.rows)
         if error is not None:
             raise error
-        self._record([p], [result], [error], p.inputs, result)
+        self._record_after_answer([p], [result], [error], p.inputs, result)
         return result
 
     def _account(self, wall: float, cpu: float) -> None:
@@ -232,8 +233,8 @@ class Batcher:
             done = time.perf_counter()
             self._account(done - started, time.thread_time() - cpu)
             self._observe(group, started, done, rows)
-            self._record(group, results, errors, feed, outs)
             _settle_all(list(zip((p.future for p in group), results, errors)))
+            self._record_after_answer(group, results, errors, feed, outs)
 
     def stop(self) -> None:
         """Finish what is queued, then end the worker thread."""
@@ -290,24 +291,47 @@ class Batcher:
             except Exception:  # metrics must never stop the worker
                 log.exception("batch_observe_failed", model=self.session.label)
 
-    def _record(self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None) -> None:
-        """Hand the batch's successful requests to the prediction log: stacked when the model ran them so, else one by one."""
+    def _record_after_answer(self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None) -> None:
+        """`_record` for a run on the event loop, as the loop's next callback: after the run's requests
+        are answered, and before the loop reads any more input.
+
+        With one client at a time the loop would otherwise copy the batch into the log while the
+        client waits for its answer; after it, the copy overlaps the client's turn-around. The
+        latency logged still ends when the model answered. Nothing that reaches the server after an
+        answer (feedback for it, a flush) can overtake its record: a callback queued by the loop
+        runs before the loop polls its sockets again.
+        """
+        if self.record is None:
+            return
+        answered = time.perf_counter()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called off an event loop: nothing to wait for
+            self._record(batch, results, errors, feed, outs, answered)
+            return
+        loop.call_soon(self._record, batch, results, errors, feed, outs, answered)
+
+    def _record(self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None, answered: float) -> None:
+        """Hand the batch's successful requests to the prediction log: stacked when the model ran them so, else one by one.
+
+        `answered` (perf_counter) is when the model answered them: their logged latency ends there.
+        """
         if self.record is None:
             return
         try:
             if feed is not None and outs is not None:
-                self.record(batch, feed, outs)
+                self.record(batch, feed, outs, answered)
                 return
             for p, result, error in zip(batch, results, errors):
                 if error is None:
-                    self.record([p], p.inputs, result)
+                    self.record([p], p.inputs, result, answered)
         except Exception:  # the log must never fail an answered request
             log.exception("prediction_log_record_failed", model=self.session.label)
 
     def _execute(self, batch: list[Pending], rows: int) -> None:
         started = time.perf_counter()
         results, errors, feed, outs = self._compute(batch, rows)
-        self._record(batch, results, errors, feed, outs)
+        self._record(batch, results, errors, feed, outs, time.perf_counter())
         self._finish(batch, results, errors, started, rows)
 
     def _compute(self, batch: list[Pending], rows: int) -> tuple[list, list, dict | None, dict | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -232,19 +233,21 @@ def test_inline_failure_raises_inference_failed():
 
 
 class Recorder:
-    """Stands in for the prediction log: what the batcher hands over, and whether any request was answered by then."""
+    """Stands in for the prediction log: what the batcher hands over, whether any request was answered by then, and when the answer was."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list, np.ndarray, np.ndarray, bool, str]] = []
+        self.calls: list[tuple[list, np.ndarray, np.ndarray, bool, str, float]] = []
 
-    def __call__(self, batch, inputs, outputs) -> None:
+    def __call__(self, batch, inputs, outputs, answered_at) -> None:
         answered = any(p.future is not None and p.future.done() for p in batch)
-        self.calls.append(([p.request_id for p in batch], inputs["x"].copy(), outputs["y"].copy(), answered, threading.current_thread().name))
+        self.calls.append(([p.request_id for p in batch], inputs["x"].copy(), outputs["y"].copy(), answered, threading.current_thread().name,
+                           answered_at))
 
 
 @pytest.mark.parametrize("how", ["loop batch", "worker", "inline"])
-def test_each_batch_is_logged_stacked_as_the_model_ran_it_before_it_is_answered(how):
-    """The prediction log gets the batch's request ids and its tensors stacked (one copy per tensor), before any answer."""
+def test_each_batch_is_logged_stacked_as_the_model_ran_it(how):
+    """The log gets the batch's ids and tensors stacked (one copy per tensor) and the time of the answer; the worker logs
+    before it answers, a run on the event loop right after its answers and before the loop reads any input that came later."""
     s = FakeSession(warm_seconds=1.0 if how == "worker" else 5e-6)
     n = 1 if how == "inline" else 4
     b = Batcher(s, max_batch_size=8, max_queue_delay_us=200_000, max_queue_size=16, inline_max_us=50)
@@ -253,20 +256,40 @@ def test_each_batch_is_logged_stacked_as_the_model_ran_it_before_it_is_answered(
     xs = [np.full((1, 3), i, np.float32) for i in range(n)]
 
     async def scenario():
-        if how == "inline":
-            return [b.run_inline({"x": xs[0]}, request_id="r0")]
-        pending = [b.submit({"x": x}, request_id=f"r{i}") for i, x in enumerate(xs)]
-        return await asyncio.gather(*(p.future for p in pending))
+        loop = asyncio.get_running_loop()
+        server, client = socket.socketpair()
+        logged_when_read: asyncio.Future = loop.create_future()
+        loop.add_reader(server, lambda: logged_when_read.done() or logged_when_read.set_result(len(rec.calls)))
+        try:
+            if how == "inline":
+                outs = [b.run_inline({"x": xs[0]}, request_id="r0")]
+                logged_at_once = len(rec.calls)
+            else:
+                pending = [b.submit({"x": x}, request_id=f"r{i}") for i, x in enumerate(xs)]
+                outs = await asyncio.gather(*(p.future for p in pending))
+                logged_at_once = None
+            got = time.perf_counter()
+            client.send(b"the next request")  # input that reaches the server after the answers
+            return outs, got, logged_at_once, await logged_when_read
+        finally:
+            loop.remove_reader(server)
+            server.close()
+            client.close()
 
-    outs = asyncio.run(scenario())
+    outs, got, logged_at_once, logged_when_read = asyncio.run(scenario())
     b.stop()
     assert [o["y"].tolist() for o in outs] == [(x * 2).tolist() for x in xs]
-    assert len(rec.calls) == 1
-    ids, x, y, answered, thread = rec.calls[0]
-    assert ids == [f"r{i}" for i in range(n)] and not answered
+    assert logged_when_read == 1 and len(rec.calls) == 1
+    ids, x, y, answered, thread, answered_at = rec.calls[0]
+    assert ids == [f"r{i}" for i in range(n)]
     np.testing.assert_array_equal(x, np.concatenate(xs))
     np.testing.assert_array_equal(y, np.concatenate(xs) * 2)
-    assert (thread == threading.current_thread().name) == (how != "worker")
+    assert answered_at <= got  # the logged latency ends at the answer, not when the log got the batch
+    if how == "worker":
+        assert not answered and thread != threading.current_thread().name
+    else:
+        assert thread == threading.current_thread().name
+        assert answered if how == "loop batch" else logged_at_once == 0  # off the answer's path
 
 
 def test_when_the_merged_run_fails_only_the_requests_that_succeeded_alone_are_logged():
@@ -298,7 +321,7 @@ def test_a_failing_log_never_fails_the_request():
     s = FakeSession(5e-6)
     b, _ = make(s, inline_max_us=50)
 
-    def broken(batch, inputs, outputs):
+    def broken(batch, inputs, outputs, answered_at):
         raise RuntimeError("log broken")
 
     b.record = broken
