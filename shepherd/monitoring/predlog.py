@@ -20,8 +20,9 @@ Durability: a flush runs when `flush_rows` rows are buffered or `flush_interval_
 whichever is first. The batcher's worker logs a batch before it answers it; a run on the event
 loop is logged by the loop's next callback, after its answers and before the loop reads any more
 input (the copy then overlaps the client's turn-around). Either way a `flush()` asked for after an
-answer was seen (feedback for it, say) covers that request. `close()` (SIGTERM, shutdown) flushes everything still buffered. A crash
-(SIGKILL, power loss) loses what arrived since the last flush: at most one interval.
+answer was seen (feedback for it, say) covers that request. `close()` (SIGTERM, shutdown) flushes
+everything still buffered. A crash (SIGKILL, power loss) loses what arrived since the last flush:
+at most one interval.
 
 Back-pressure: the buffers hold at most `buffer_rows` rows. When DuckDB cannot keep up, further
 requests are dropped and counted (`shepherd_prediction_log_dropped_total`); the request itself is
