@@ -197,7 +197,7 @@ class Batcher:
         self._observe([p], started, done, p.rows)
         if error is not None:
             raise error
-        self._record_after_answer([p], [result], [error], p.inputs, result)
+        self._record_after_answer([p], [result], [error], p.inputs, result, done)
         return result
 
     def _account(self, wall: float, cpu: float) -> None:
@@ -234,7 +234,7 @@ class Batcher:
             self._account(done - started, time.thread_time() - cpu)
             self._observe(group, started, done, rows)
             _settle_all(list(zip((p.future for p in group), results, errors)))
-            self._record_after_answer(group, results, errors, feed, outs)
+            self._record_after_answer(group, results, errors, feed, outs, done)
 
     def stop(self) -> None:
         """Finish what is queued, then end the worker thread."""
@@ -291,19 +291,20 @@ class Batcher:
             except Exception:  # metrics must never stop the worker
                 log.exception("batch_observe_failed", model=self.session.label)
 
-    def _record_after_answer(self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None) -> None:
+    def _record_after_answer(
+        self, batch: list[Pending], results: list, errors: list, feed: dict | None, outs: dict | None, answered: float,
+    ) -> None:
         """`_record` for a run on the event loop, as the loop's next callback: after the run's requests
         are answered, and before the loop reads any more input.
 
         With one client at a time the loop would otherwise copy the batch into the log while the
         client waits for its answer; after it, the copy overlaps the client's turn-around. The
-        latency logged still ends when the model answered. Nothing that reaches the server after an
-        answer (feedback for it, a flush) can overtake its record: a callback queued by the loop
-        runs before the loop polls its sockets again.
+        logged latency still ends at `answered`, when the run ended. Nothing that reaches the server
+        after an answer (feedback for it, a flush) can overtake its record: a callback queued by the
+        loop runs before the loop polls its sockets again.
         """
         if self.record is None:
             return
-        answered = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called off an event loop: nothing to wait for
