@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import collections
 import functools
-import gc
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import serving  # noqa: E402
 from shepherd import config as config_mod  # noqa: E402
 from shepherd.appliance import Appliance  # noqa: E402
-from shepherd.service import GIL_SWITCH_INTERVAL_S  # noqa: E402
+from shepherd.service import GIL_SWITCH_INTERVAL_S, settle_heap  # noqa: E402
 from shepherd.serving import inference  # noqa: E402
 
 GAP_S = 1e-4
@@ -180,8 +179,7 @@ def main() -> int:
         asyncio.run(serve(args.rows))
         appl.predlog._flush_once()
         appl.monitor.tick()  # builds the reference profile; not measured
-        gc.collect()  # as `shepherd serve` does once it has started: the set-up's objects leave the collector's generations
-        gc.freeze()
+        settle_heap()  # as `shepherd serve` does: the set-up's objects leave the collector, young collections become rare
         windows = args.rows // args.window_rows
         for _ in range(args.rounds):
             asyncio.run(serve(args.rows))
