@@ -53,10 +53,16 @@ class InferResult:
 
 
 def _expire(pending: Pending, name: str, timeout: float) -> None:
-    """Request timeout: drop it from the queue if it has not started, and answer 504."""
+    """Request timeout: drop it from the queue if it has not started, and answer 504.
+
+    A request already answered is left alone: its timer can fire in the loop iteration that set
+    the answer, before the loop's next callback logs the run (batcher._record_after_answer), and
+    marking it dropped then would keep an answered request out of the prediction log.
+    """
+    if pending.future.done():
+        return
     pending.dropped = True
-    if not pending.future.done():
-        pending.future.set_exception(RequestTimeout(f"{name}: no answer within {timeout * 1000:.0f} ms"))
+    pending.future.set_exception(RequestTimeout(f"{name}: no answer within {timeout * 1000:.0f} ms"))
 
 
 def check_batch_axis(inputs: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import threading
 import time
@@ -10,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from shepherd.deploy.manager import DeploymentManager
 from shepherd.serving.batcher import INLINE_IN_SERVICE, INLINE_ROUND, Batcher, InferenceFailed
+from shepherd.serving.inference import RequestTimeout, _expire
 
 
 class FakeSession:
@@ -290,6 +293,42 @@ def test_each_batch_is_logged_stacked_as_the_model_ran_it(how):
     else:
         assert thread == threading.current_thread().name
         assert answered if how == "loop batch" else logged_at_once == 0  # off the answer's path
+
+
+def test_a_request_answered_before_its_timer_fires_is_logged_and_one_expired_before_its_run_is_not():
+    """A loop batch logs after its answers, as the loop's next callback. A request timer that fires in between
+    (the same loop iteration) finds the request answered: it stays answered and logged. One whose timer fired
+    before the run gets 504, is not run, and is not logged."""
+
+    class Log:
+        def __init__(self) -> None:
+            self.ids: list = []
+
+        def record(self, signature, answered, inputs, outputs):
+            self.ids.extend(a[1] for a in answered)
+
+    s = FakeSession(warm_seconds=5e-6)
+    b = Batcher(s, max_batch_size=8, max_queue_delay_us=0, max_queue_size=16, inline_max_us=50)
+    b.in_flight = lambda: 3
+    predlog = Log()
+    b.record = functools.partial(DeploymentManager._record, predlog, {})  # the real rule: a dropped request is not logged
+    xs = [np.full((1, 3), i, np.float32) for i in range(3)]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pending = [b.submit({"x": x}, request_id=f"r{i}") for i, x in enumerate(xs)]  # the loop batch is queued first
+        _expire(pending[0], "d", 0.1)  # timed out before the batch ran
+        loop.call_soon(_expire, pending[1], "d", 0.1)  # fires after the batch's answers, before its record
+        outs = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+        return outs, [p.dropped for p in pending]
+
+    outs, dropped = asyncio.run(scenario())
+    b.stop()
+    assert isinstance(outs[0], RequestTimeout)
+    assert [o["y"].tolist() for o in outs[1:]] == [(x * 2).tolist() for x in xs[1:]]
+    assert dropped == [True, False, False]
+    assert predlog.ids == ["r1", "r2"]
+    assert len(s.threads) == 1  # one run, of the two live requests
 
 
 def test_when_the_merged_run_fails_only_the_requests_that_succeeded_alone_are_logged():
