@@ -114,7 +114,7 @@ class MonitoringConfig(Section, kw_only=True):
     retention_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Keep at most this many logged predictions, deleting the oldest first (0: no limit)."""
     interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
-    """How often the monitor looks for complete drift windows and new feedback, in seconds."""
+    """How often the monitor looks for complete drift windows and new feedback, in seconds; a pass that leaves complete windows waiting (more than 50 per version) is followed after 0.1 s instead."""
     kernel_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1); serving.intra_op_threads = 0 gives ONNX Runtime the rest."""
     kernel_priority: Literal["normal", "low", "idle"] = "low"

@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 MAX_WINDOWS_PER_TICK = 50
+"""Windows a pass evaluates per version at most: a bounded query and a bounded pass after a long stop."""
+CATCH_UP_PAUSE_S = 0.1
+"""The pause before the next pass when one left complete windows waiting (more than MAX_WINDOWS_PER_TICK):
+the monitor keeps up with any rate its CPU share allows, not with at most MAX_WINDOWS_PER_TICK windows per interval_s."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[str, np.ndarray] | None]]
@@ -152,10 +156,15 @@ class Monitor:
         self.g_perf = Gauge("shepherd_model_performance", "Metric over the latest labelled rows.", [*labels, "metric"], registry=registry)
         self.g_pass = Gauge(
             "shepherd_monitor_pass_seconds",
-            "Wall time of the monitor's last pass; near monitoring.interval_s, the monitor is falling behind.", registry=registry,
+            "Wall time of the monitor's last pass.", registry=registry,
         )
         self.g_stream = Gauge(
             "shepherd_stream_drift_detections", "Streaming detector detections since start.", [*labels, "stream"], registry=registry
+        )
+        self.g_behind = Gauge(
+            "shepherd_drift_behind",
+            "1 when the last pass left complete drift windows waiting (a pass evaluates at most 50 per version; the next one "
+            "then follows after 0.1 s).", labels, registry=registry,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -219,11 +228,15 @@ class Monitor:
                 self._wake.wait(delay)  # a version loaded meanwhile is prepared at once (the list is drained above)
                 self._wake.clear()
                 continue
+            behind = False
             try:
-                self.tick()
+                behind = self.tick()
             except Exception:
                 log.exception("monitor_tick_failed")
-            next_tick = time.monotonic() + self.config.monitoring.interval_s
+            # Behind (more complete windows than one pass takes): the next pass follows at once, so
+            # the windows keep up with the traffic instead of falling further behind every interval.
+            next_tick = time.monotonic() + (min(CATCH_UP_PAUSE_S, self.config.monitoring.interval_s) if behind
+                                            else self.config.monitoring.interval_s)
 
     @staticmethod
     def _compile(done: threading.Event) -> None:
@@ -289,7 +302,10 @@ class Monitor:
 
     # -- one pass -------------------------------------------------------------------------
 
-    def tick(self, now: datetime | None = None) -> None:
+    def tick(self, now: datetime | None = None) -> bool:
+        """One pass over every deployment's logged versions; True when complete drift windows are still waiting
+        (some version had more than MAX_WINDOWS_PER_TICK), so that the caller passes again soon."""
+        behind = False
         with self._lock:
             started = time.perf_counter()
             now = now or datetime.now(UTC)
@@ -302,7 +318,9 @@ class Monitor:
                     continue
                 for model, version in self.events.versions_logged(deployment):
                     try:
-                        self._windows(deployment, model, version, policy, now)
+                        waiting = self._windows(deployment, model, version, policy, now)
+                        self.g_behind.labels(deployment, model, str(version)).set(1 if waiting else 0)
+                        behind |= waiting
                         if new_feedback:
                             self._performance(deployment, model, version, policy, now)
                         self._streams_step(deployment, model, version, policy, new_feedback)
@@ -310,19 +328,24 @@ class Monitor:
                         log.exception("monitor_version_failed", deployment=deployment, model=model, version=version)
             self._feedback_seen = generation
             self.g_pass.set(time.perf_counter() - started)
+        return behind
 
     # -- drift windows --------------------------------------------------------------------
 
-    def _windows(self, deployment: str, model: str, version: int, policy: Policy, now: datetime) -> None:
+    def _windows(self, deployment: str, model: str, version: int, policy: Policy, now: datetime) -> bool:
+        """Evaluate and store the complete windows waiting (MAX_WINDOWS_PER_TICK at most); True when more are waiting."""
         ref = self.reference(deployment, model, version)
         if ref is None:
-            return
+            return False
         dp = policy.drift
         window_id, last_seq, last_end = self.events.last_window(deployment, version)
         if dp.window_rows:
-            # every complete window waiting: one query, and one transaction to store them all
-            table = self.events.window_rows(deployment, version, last_seq, dp.window_rows * MAX_WINDOWS_PER_TICK)
-            complete = table.num_rows // dp.window_rows
+            # every complete window waiting (up to the limit): one query, and one transaction to store them all;
+            # one window's rows beyond the limit tell whether another complete one is waiting
+            limit = dp.window_rows * MAX_WINDOWS_PER_TICK
+            table = self.events.window_rows(deployment, version, last_seq, limit + dp.window_rows)
+            more = table.num_rows == limit + dp.window_rows
+            complete = min(table.num_rows // dp.window_rows, MAX_WINDOWS_PER_TICK)
             # x and y of all the windows converted at once, and each kernel run once over all of
             # them: every conversion and kernel call lets the event loop's GIL go and come back,
             # and every such hand-off costs it (benchmarks/README.md)
@@ -338,19 +361,22 @@ class Monitor:
                 done.append(self._evaluate(deployment, model, version, window_id, start, end, chunk, policy, now, last_seq, results[k]))
                 last_seq = done[-1].window["last_seq"]
             self._store(done, policy)
-            return
+            return more
         length = timedelta(seconds=dp.window_seconds)
-        for _ in range(MAX_WINDOWS_PER_TICK):
+        evaluated_count = 0
+        while True:
             if last_end is None:
                 first = self.events.first_ts(deployment, version)
                 if first is None:
-                    return
+                    return False
                 start = EPOCH + length * math.floor((first - EPOCH) / length)
             else:
                 start = last_end
             end = start + length
             if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
-                return
+                return False
+            if evaluated_count == MAX_WINDOWS_PER_TICK:
+                return True  # another window has closed: for the next pass
             table = self.events.window_by_time(deployment, version, start, end)
             window_id += 1
             x, y = list_matrix(table, "x"), list_matrix(table, "y")
@@ -359,6 +385,7 @@ class Monitor:
             last_seq = evaluated.window["last_seq"]
             self._store([evaluated], policy)
             last_end = end
+            evaluated_count += 1
 
     def _drift_columns(
         self, model: str, version: int, ref: VersionReference, x: np.ndarray, y: np.ndarray, bounds: np.ndarray,

@@ -506,6 +506,90 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     assert all(not f["has_data"] and f["psi"] is None for f in hist[2]["features"]), "no data, never NaN"
 
 
+def _behind(a: Appliance) -> str:
+    return next(line.split()[1] for line in _metrics(a).splitlines() if line.startswith("shepherd_drift_behind{"))
+
+
+def test_a_pass_takes_a_bounded_number_of_count_windows_and_says_when_more_are_waiting(appl: Appliance, monkeypatch):
+    """Five complete windows and a partial one, two windows a pass: the passes take 2, 2 and 1 windows and report
+    (return value and gauge) whether another complete window is still waiting; the partial one never counts."""
+    from shepherd.monitoring import monitor as mon
+
+    monkeypatch.setattr(mon, "MAX_WINDOWS_PER_TICK", 2)
+    serve(appl, [reference_like(200, seed=i) for i in range(5)] + [reference_like(150, seed=9)])
+    appl.predlog.flush()
+    seen = []
+    for _ in range(4):
+        behind = appl.monitor.tick()
+        seen.append((behind, len(appl.monitor.drift_history("iris", None, None, 100)), _behind(appl)))
+    assert seen == [(True, 2, "1.0"), (True, 4, "1.0"), (False, 5, "0.0"), (False, 5, "0.0")]
+    hist = sorted(appl.monitor.drift_history("iris", None, None, 100), key=lambda w: w["window_id"])
+    assert [w["n_rows"] for w in hist] == [200] * 5
+    assert [w["first_seq"] for w in hist] == [hist[0]["first_seq"] + 200 * k for k in range(5)], "no row skipped or repeated"
+
+
+def test_a_pass_takes_a_bounded_number_of_time_windows_and_says_when_more_have_closed(appl: Appliance, policies: Path, monkeypatch):
+    """Time windows: five closed, two a pass; the third pass takes the last and reports nothing more waiting."""
+    from datetime import timedelta
+
+    from shepherd.monitoring import monitor as mon
+
+    monkeypatch.setattr(mon, "MAX_WINDOWS_PER_TICK", 2)
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 60\n")
+    serve(appl, [reference_like(50, seed=4)])
+    appl.predlog.flush()
+    first = appl.events.first_ts("iris", 1)
+    now = first.replace(second=0, microsecond=0) + timedelta(seconds=5 * 60 + 30)  # five windows closed, the sixth open
+    seen = [(appl.monitor.tick(now=now), len(appl.monitor.drift_history("iris", None, None, 100))) for _ in range(4)]
+    assert seen == [(True, 2), (True, 4), (False, 5), (False, 5)]
+
+
+def test_the_monitor_thread_passes_again_at_once_while_windows_are_waiting(mon_config: config_mod.Config, iris: Path, monkeypatch):
+    """With one window a pass and three waiting, the thread does not wait interval_s between passes that leave windows
+    waiting; after the pass that catches up, it waits the interval again."""
+    from shepherd.monitoring import monitor as mon
+
+    monkeypatch.setattr(mon, "MAX_WINDOWS_PER_TICK", 1)
+    passes: list[tuple[float, float, bool]] = []  # (start, end, behind)
+    real_tick = mon.Monitor.tick
+
+    def tick(self, now=None):
+        start = time.monotonic()
+        behind = real_tick(self, now)
+        passes.append((start, time.monotonic(), behind))
+        return behind
+
+    monkeypatch.setattr(mon.Monitor, "tick", tick)
+    interval = 3.0
+    cfg = config_mod.parse({**msgspec_builtins(mon_config), "monitoring": {
+        **msgspec_builtins(mon_config.monitoring), "interval_s": interval}})
+    a = Appliance(cfg)
+    a.start()
+    try:
+        a.importer.import_file(iris, actor="t")
+
+        async def deploy():
+            await a.deployments.deploy("iris", "iris", 1, actor="t")
+            await a.deployments.promote("iris", actor="t")
+
+        asyncio.run(deploy())
+        serve(a, [reference_like(200, seed=i) for i in range(3)])
+        a.predlog.flush()
+        deadline = time.monotonic() + 120
+        while len(a.monitor.drift_history("iris", None, None, 10)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(a.monitor.drift_history("iris", None, None, 10)) == 3
+        time.sleep(0.5)  # the thread now waits a whole interval
+        done = list(passes)
+    finally:
+        a.close()
+    assert [b for _, _, b in done].count(True) >= 2, done  # the first two windows each left another waiting
+    for (_, end, behind), (start, _, _) in zip(done, done[1:]):
+        gap = start - end
+        assert gap < interval if behind else gap >= interval - 0.05, done
+    assert not done[-1][2]
+
+
 def _thread_priority(tid: int) -> tuple[int, int]:
     """(scheduling policy, nice value) of one thread of this process, as the kernel reports them."""
     import os
