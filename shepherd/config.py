@@ -116,7 +116,7 @@ class MonitoringConfig(Section, kw_only=True):
     interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
     """How often the monitor looks for complete drift windows and new feedback, in seconds; a pass that leaves complete windows waiting (more than 50 per version) is followed after 0.1 s instead."""
     kernel_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
-    """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1); serving.intra_op_threads = 0 gives ONNX Runtime the rest."""
+    """Threads the monitor's drift kernels may use (0: half the CPUs, at least 1; at most Numba's pool, NUMBA_NUM_THREADS); serving.intra_op_threads = 0 gives ONNX Runtime the rest."""
     kernel_priority: Literal["normal", "low", "idle"] = "low"
     """CPU priority of the thread that runs the drift kernels: low (nice 19: the CPU time serving leaves), idle (SCHED_IDLE: only CPU time nothing else wants; windows wait under a load that keeps every CPU busy), or normal."""
     policies_dir: str = "policies"
@@ -230,9 +230,20 @@ def cpus() -> int:
     return os.cpu_count() or 1
 
 
+def numba_pool() -> int:
+    """Threads in Numba's pool (NUMBA_NUM_THREADS, else the machine's CPUs): no kernel can use more."""
+    import numba  # the monitor's dependency: imported only when the kernels' share is asked for
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
 def kernel_threads(cfg: Config) -> int:
-    """Threads for the monitor's drift kernels: monitoring.kernel_threads, or half the CPUs (at least 1)."""
-    return cfg.monitoring.kernel_threads or max(1, cpus() // 2)
+    """Threads for the monitor's drift kernels: monitoring.kernel_threads, or half the CPUs (at least 1); at most Numba's pool.
+
+    intra_op_threads() splits the CPUs by this figure, so the cap counts on both sides: with
+    NUMBA_NUM_THREADS=1 on a 16-CPU box the kernels use 1 thread and ONNX Runtime gets 15.
+    """
+    return min(cfg.monitoring.kernel_threads or max(1, cpus() // 2), numba_pool())
 
 
 def intra_op_threads(cfg: Config) -> int:

@@ -236,9 +236,25 @@ def test_any_wrong_typed_value_is_named(raw, data):
 ])
 def test_drift_kernels_and_onnx_runtime_split_the_cpus(monkeypatch, cpus, log, kernel, intra, want_kernel, want_intra):
     monkeypatch.setattr(config_mod, "cpus", lambda: cpus)
+    monkeypatch.setattr(config_mod, "numba_pool", lambda: 64)
     cfg = config_mod.parse({"monitoring": {"prediction_log": log, "kernel_threads": kernel}, "serving": {"intra_op_threads": intra}})
     assert config_mod.kernel_threads(cfg) == want_kernel
     assert config_mod.intra_op_threads(cfg) == want_intra
+
+
+@pytest.mark.parametrize(("kernel", "want_kernel", "want_intra"), [(0, 2, 14), (8, 2, 14), (1, 1, 15)])
+def test_numbas_pool_caps_the_kernels_share_on_both_sides_of_the_split(monkeypatch, kernel, want_kernel, want_intra):
+    """NUMBA_NUM_THREADS=2 on a 16-CPU box: the kernels cannot use more than 2 threads, so ONNX Runtime gets the other 14."""
+    monkeypatch.setattr(config_mod, "cpus", lambda: 16)
+    monkeypatch.setattr(config_mod, "numba_pool", lambda: 2)
+    cfg = config_mod.parse({"monitoring": {"kernel_threads": kernel}})
+    assert (config_mod.kernel_threads(cfg), config_mod.intra_op_threads(cfg)) == (want_kernel, want_intra)
+
+
+def test_numba_pool_is_numbas_configured_thread_count():
+    import numba
+
+    assert config_mod.numba_pool() == numba.config.NUMBA_NUM_THREADS
 
 
 def test_a_model_session_gets_the_intra_op_threads_of_the_split(tmp_path, monkeypatch):
@@ -247,6 +263,7 @@ def test_a_model_session_gets_the_intra_op_threads_of_the_split(tmp_path, monkey
     from tests.conftest import write_model
 
     monkeypatch.setattr(config_mod, "cpus", lambda: 4)
+    monkeypatch.setattr(config_mod, "numba_pool", lambda: 4)
     signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
                  "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]}
     for log, want in ((True, 2), (False, 4)):

@@ -206,10 +206,8 @@ class Monitor:
                 log.exception("reference_prepare_failed", deployment=deployment, model=model, version=version)
 
     def kernel_threads(self) -> int:
-        """Threads for the drift kernels on their thread (KernelThread): `config.kernel_threads`, at most Numba's pool."""
-        import numba
-
-        return min(kernel_threads(self.config), numba.config.NUMBA_NUM_THREADS)
+        """Threads for the drift kernels on their thread (KernelThread): `config.kernel_threads`, which serving's split also uses."""
+        return kernel_threads(self.config)
 
     def _run(self) -> None:
         # Compilation gets its own daemon thread: a first start (no Numba cache yet) compiles for
