@@ -163,8 +163,8 @@ class Monitor:
         )
         self.g_behind = Gauge(
             "shepherd_drift_behind",
-            "1 when the last pass left complete drift windows waiting (a pass evaluates at most 50 per version; the next one "
-            "then follows after 0.1 s).", labels, registry=registry,
+            f"1 when the last pass left complete drift windows waiting (a pass evaluates at most {MAX_WINDOWS_PER_TICK} per "
+            f"version; the next one then follows after {CATCH_UP_PAUSE_S} s).", labels, registry=registry,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -231,8 +231,8 @@ class Monitor:
                 behind = self.tick()
             except Exception:
                 log.exception("monitor_tick_failed")
-            # Behind (more complete windows than one pass takes): the next pass follows at once, so
-            # the windows keep up with the traffic instead of falling further behind every interval.
+            # Behind (more complete windows than one pass takes): the next pass follows after a short
+            # pause, so the windows keep up with the traffic instead of falling further behind every interval.
             next_tick = time.monotonic() + (min(CATCH_UP_PAUSE_S, self.config.monitoring.interval_s) if behind
                                             else self.config.monitoring.interval_s)
 
