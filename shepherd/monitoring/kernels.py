@@ -1009,26 +1009,31 @@ def categorical_drift_windows(
 
 
 def benjamini_hochberg(pvalues: Any) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (scipy's false_discovery_control, method="bh"); NaN stays NaN, uncounted."""
+    """Benjamini-Hochberg adjusted p-values (scipy's false_discovery_control, method="bh"); NaN stays NaN, uncounted.
+
+    A 1-D array is one family of tests; a 2-D array is a family per row (the features of one drift
+    window each), adjusted with the same few numpy calls whatever the number of rows. The monitor
+    adjusts all the windows of a pass in one call: argsort and arange let the GIL go, and done per
+    window they made the serving event loop lose the GIL race for milliseconds (benchmarks/README.md).
+    """
     p = np.asarray(pvalues, dtype=np.float64)
-    if p.ndim != 1:
-        raise ValueError("pvalues must be 1-D")
-    valid = ~np.isnan(p)
-    if np.any((p[valid] < 0) | (p[valid] > 1)):
+    if p.ndim not in (1, 2):
+        raise ValueError("pvalues must be 1-D (one family) or 2-D (one family per row)")
+    rows = p.reshape(1, -1) if p.ndim == 1 else p
+    valid = ~np.isnan(rows)
+    if np.any((rows[valid] < 0) | (rows[valid] > 1)):
         raise ValueError("p-values must lie in [0, 1]")
-    out = np.full(p.shape, np.nan)
-    ps = p[valid]
-    m = ps.shape[0]
-    if m <= 1:
-        out[valid] = ps
-        return out
-    order = np.argsort(ps, kind="stable")
-    adj = ps[order] * (m / np.arange(1, m + 1, dtype=np.float64))
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    res = np.empty(m)
-    res[order] = np.clip(adj, 0.0, 1.0)
-    out[valid] = res
-    return out
+    m = valid.sum(axis=1, keepdims=True)  # tests per family: NaN ones are not counted
+    # each row's valid p-values in ascending order (stable), its NaNs after them
+    order = np.argsort(np.where(valid, rows, np.inf), axis=1, kind="stable")
+    rank = np.arange(1, rows.shape[1] + 1, dtype=np.float64)
+    adj = np.take_along_axis(rows, order, axis=1) * (m / rank)
+    adj[rank > m] = np.inf  # the NaN slots: they do not lower the running minimum from the top
+    adj = np.minimum.accumulate(adj[:, ::-1], axis=1)[:, ::-1]
+    out = np.empty_like(rows)
+    np.put_along_axis(out, order, np.clip(adj, 0.0, 1.0), axis=1)
+    out[~valid] = np.nan
+    return out.reshape(p.shape)
 
 
 def pvalue_drift(pvalues: Any, alpha: float = 0.05) -> np.ndarray:

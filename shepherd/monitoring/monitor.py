@@ -352,12 +352,19 @@ class Monitor:
                 n = bounds[-1]
                 results = self._drift_columns(model, version, ref, list_matrix(table, "x")[:n], list_matrix(table, "y")[:n], bounds)
             done = []
-            for k in range(complete):
-                chunk = table.slice(k * dp.window_rows, dp.window_rows)
-                start, end = chunk.column("ts")[0].as_py(), chunk.column("ts")[-1].as_py()
-                window_id += 1
-                done.append(self._evaluate(deployment, model, version, window_id, start, end, chunk, policy, now, last_seq, results[k]))
-                last_seq = done[-1].window["last_seq"]
+            if complete:
+                # the windows' seq values, first and last timestamps and corrected p-values in a few
+                # calls for all of them: pyarrow and numpy calls let the GIL go, and made per window
+                # they kept the serving event loop from it for milliseconds (benchmarks/README.md)
+                adjusted = _adjusted_pvalues(results)
+                seq = table.column("seq").to_numpy()
+                ends = table.column("ts").take(np.stack([bounds[:-1], bounds[1:] - 1], axis=1).ravel()).to_pylist()
+                for k in range(complete):
+                    window_id += 1
+                    done.append(self._evaluate(
+                        deployment, model, version, window_id, ends[2 * k], ends[2 * k + 1], seq[bounds[k]:bounds[k + 1]],
+                        policy, now, last_seq, results[k], adjusted[k]))
+                    last_seq = done[-1].window["last_seq"]
             self._store(done, policy)
             return more
         length = timedelta(seconds=dp.window_seconds)
@@ -379,7 +386,9 @@ class Monitor:
             window_id += 1
             x, y = list_matrix(table, "x"), list_matrix(table, "y")
             (results,) = self._drift_columns(model, version, ref, x, y, np.array([0, table.num_rows]))
-            evaluated = self._evaluate(deployment, model, version, window_id, start, end, table, policy, now, last_seq, results)
+            evaluated = self._evaluate(
+                deployment, model, version, window_id, start, end, table.column("seq").to_numpy(), policy, now, last_seq, results,
+                _adjusted_pvalues([results])[0])
             last_seq = evaluated.window["last_seq"]
             self._store([evaluated], policy)
             last_end = end
@@ -402,22 +411,21 @@ class Monitor:
 
     def _evaluate(
         self, deployment: str, model: str, version: int, window_id: int, start: datetime, end: datetime,
-        table: pa.Table, policy: Policy, now: datetime, after_seq: int, f: dict[str, np.ndarray],
+        seq: np.ndarray, policy: Policy, now: datetime, after_seq: int, f: dict[str, np.ndarray], adjusted: np.ndarray,
     ) -> Evaluated:
-        """Judge one window from its per-feature results `f` (from _drift_columns); nothing stored yet."""
+        """Judge one window (its rows' `seq` values) from its per-feature results `f` (from _drift_columns)
+        and their corrected p-values (`adjusted`, its row of _adjusted_pvalues); nothing stored yet."""
         dp = policy.drift
         has = f["has_data"]
-        # NaN stands for "no value" in every statistic column (no data, or not finite)
-        pvals = np.where(has, np.where(f["kind"] == "numeric", f["ks_pvalue"], f["chi2_pvalue"]), np.nan)
-        f["pvalue_adjusted"] = kernels.benjamini_hochberg(pvals) if len(pvals) else pvals
+        f["pvalue_adjusted"] = adjusted
         with np.errstate(invalid="ignore"):
             f["drifted"] = has & ((f["psi"] > dp.psi_threshold) | (f["pvalue_adjusted"] < dp.p_value))
         verdict = kernels.dataset_verdict(f["drifted"], has, dp.drift_share)
-        first_seq = int(table.column("seq")[0].as_py()) if table.num_rows else after_seq
-        last_seq = int(table.column("seq")[-1].as_py()) if table.num_rows else after_seq
+        first_seq = int(seq[0]) if len(seq) else after_seq
+        last_seq = int(seq[-1]) if len(seq) else after_seq
         window = {
             "deployment": deployment, "model": model, "version": version, "window_id": window_id,
-            "start_ts": start, "end_ts": end, "first_seq": first_seq, "last_seq": last_seq, "n_rows": table.num_rows,
+            "start_ts": start, "end_ts": end, "first_seq": first_seq, "last_seq": last_seq, "n_rows": len(seq),
             "n_features": verdict.n_features, "n_evaluated": verdict.n_evaluated, "n_drifted": verdict.n_drifted,
             "share": verdict.share_drifted, "drifted": verdict.drifted, "computed_at": now,
         }
@@ -663,6 +671,17 @@ def _profile_columns(
 def _joined(parts: list[list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
     """Per window, the result columns of several feature groups one after the other."""
     return [{key: np.concatenate([p[w][key] for p in parts]) for key in parts[0][w]} for w in range(len(parts[0]))]
+
+
+def _adjusted_pvalues(results: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Benjamini-Hochberg across each window's features (KS p-value of a numeric one, chi-square of a
+    categorical one; NaN, not counted, for a feature without data): one row per window, all the
+    windows of a pass in one call (kernels.benjamini_hochberg says why)."""
+    kind = results[0]["kind"]  # the same features, in the same order, in every window of a version
+    has = np.stack([r["has_data"] for r in results])
+    ks = np.stack([r["ks_pvalue"] for r in results])
+    chi2 = np.stack([r["chi2_pvalue"] for r in results])
+    return kernels.benjamini_hochberg(np.where(has, np.where(kind == "numeric", ks, chi2), np.nan))
 
 
 def _result_columns(res: Any, role: str, kind: str, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -328,10 +328,31 @@ def test_benjamini_hochberg_matches_scipy(ps, nan_mask):
             assert np.allclose(ours[valid], theirs, rtol=0, atol=1e-12)
 
 
+@SETTINGS
+@given(data=st.data(), n_rows=st.integers(1, 6), n_features=st.integers(0, 15))
+def test_benjamini_hochberg_by_rows_equals_each_row_alone(data, n_rows, n_features):
+    """A 2-D array is a family per row: each row comes out as scipy's adjustment of that row alone (NaN skipped)."""
+    values = data.draw(st.lists(st.one_of(PVALS, st.just(math.nan)), min_size=n_rows * n_features, max_size=n_rows * n_features))
+    p = np.array(values, dtype=np.float64).reshape(n_rows, n_features)
+    ours = K.benjamini_hochberg(p)
+    assert ours.shape == p.shape
+    for row, got in zip(p, ours):
+        valid = ~np.isnan(row)
+        assert np.array_equal(np.isnan(got), ~valid)
+        if valid.sum():
+            theirs = np.atleast_1d(stats.false_discovery_control(row[valid], method="bh"))
+            assert np.allclose(got[valid], theirs, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got, K.benjamini_hochberg(row))  # the 1-D call is the same computation
+
+
 def test_benjamini_hochberg_rejects_invalid():
     """P-values outside [0, 1] are refused."""
     with pytest.raises(ValueError):
         K.benjamini_hochberg([0.2, 1.5])
+    with pytest.raises(ValueError):
+        K.benjamini_hochberg([[0.2], [-0.1]])
+    with pytest.raises(ValueError, match="1-D"):
+        K.benjamini_hochberg(np.zeros((2, 2, 2)))
 
 
 def test_pvalue_drift_and_verdict():
