@@ -57,17 +57,30 @@ def mon_config(tmp_path: Path, keys, iris: Path, policies: Path) -> config_mod.C
     })
 
 
+def _serving_iris(mon_config: config_mod.Config, iris: Path, **monitoring) -> Appliance:
+    """A started appliance on mon_config, with these [monitoring] settings changed, serving the iris bundle as
+    deployment "iris" (deployed and promoted). The caller closes it."""
+    raw = msgspec_builtins(mon_config)
+    raw["monitoring"].update(monitoring)
+    a = Appliance(config_mod.parse(raw))
+    a.start()
+    try:
+        a.importer.import_file(iris, actor="t")
+
+        async def deploy():
+            await a.deployments.deploy("iris", "iris", 1, actor="t")
+            await a.deployments.promote("iris", actor="t")
+
+        asyncio.run(deploy())
+    except BaseException:
+        a.close()
+        raise
+    return a
+
+
 @pytest.fixture
 def appl(mon_config: config_mod.Config, iris: Path):
-    a = Appliance(mon_config)
-    a.start()
-    a.importer.import_file(iris, actor="t")
-
-    async def deploy():
-        await a.deployments.deploy("iris", "iris", 1, actor="t")
-        await a.deployments.promote("iris", actor="t")
-
-    asyncio.run(deploy())
+    a = _serving_iris(mon_config, iris)
     yield a
     a.close()
 
@@ -192,33 +205,16 @@ def test_monitor_kernel_threads_follow_the_config(mon_config: config_mod.Config,
 
 def test_sigterm_path_flushes_everything_and_a_reopen_sees_it(mon_config: config_mod.Config, iris: Path):
     """close() (the shutdown path) writes every buffered record before the stores close."""
-    cfg = config_mod.parse({**_raw(mon_config), "monitoring": {**_raw(mon_config)["monitoring"], "flush_interval_s": 3600}})
-    a = Appliance(cfg)
-    a.start()
-    a.importer.import_file(iris, actor="t")
-    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
-    asyncio.run(a.deployments.promote("iris", actor="t"))
+    a = _serving_iris(mon_config, iris, flush_interval_s=3600)
     serve(a, [reference_like(1, seed=i) for i in range(37)])
     a.close()
-    with duckdb.connect(str(cfg.data_dir / "events.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(mon_config.data_dir / "events.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == 37
-
-
-def _raw(cfg: config_mod.Config) -> dict:
-    import msgspec
-
-    return msgspec.to_builtins(cfg)
 
 
 def test_sampling_keeps_about_the_configured_share(mon_config: config_mod.Config, iris: Path):
     """sample_rate = 0.25 keeps roughly a quarter of requests; 0 keeps none."""
-    raw = _raw(mon_config)
-    raw["monitoring"]["sample_rate"] = 0.25
-    a = Appliance(config_mod.parse(raw))
-    a.start()
-    a.importer.import_file(iris, actor="t")
-    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
-    asyncio.run(a.deployments.promote("iris", actor="t"))
+    a = _serving_iris(mon_config, iris, sample_rate=0.25)
     serve(a, [reference_like(1, seed=i) for i in range(800)])
     a.predlog.flush()
     n = a.events.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0]
@@ -311,13 +307,7 @@ def test_invalid_policy_file_keeps_the_last_good_policy(appl: Appliance, policie
 
 def test_retention_by_rows_keeps_the_newest(mon_config: config_mod.Config, iris: Path):
     """retention_rows keeps only the newest rows (and drops feedback for deleted ones)."""
-    raw = _raw(mon_config)
-    raw["monitoring"]["retention_rows"] = 10
-    a = Appliance(config_mod.parse(raw))
-    a.start()
-    a.importer.import_file(iris, actor="t")
-    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
-    asyncio.run(a.deployments.promote("iris", actor="t"))
+    a = _serving_iris(mon_config, iris, retention_rows=10)
     answers = serve(a, [reference_like(1, seed=i) for i in range(25)])
     a.predlog.flush()
     deleted = a.events.apply_retention(None, 10)
@@ -456,13 +446,7 @@ def test_close_flushes_what_arrived_during_the_last_flush(appl: Appliance, monke
 
 def test_full_buffer_drops_and_counts_instead_of_waiting(mon_config: config_mod.Config, iris: Path):
     """With the flusher unable to keep up, records beyond buffer_rows are dropped and counted; requests still succeed."""
-    raw = _raw(mon_config)
-    raw["monitoring"].update(buffer_rows=5, flush_interval_s=3600, flush_rows=1000)
-    a = Appliance(config_mod.parse(raw))
-    a.start()
-    a.importer.import_file(iris, actor="t")
-    asyncio.run(a.deployments.deploy("iris", "iris", 1, actor="t"))
-    asyncio.run(a.deployments.promote("iris", actor="t"))
+    a = _serving_iris(mon_config, iris, buffer_rows=5, flush_interval_s=3600, flush_rows=1000)
     answers = serve(a, [reference_like(1, seed=i) for i in range(8)])
     dropped = a.predlog.dropped._value.get()
     a.close()
@@ -561,18 +545,8 @@ def test_the_monitor_thread_passes_again_at_once_while_windows_are_waiting(mon_c
 
     monkeypatch.setattr(mon.Monitor, "tick", tick)
     interval = 3.0
-    cfg = config_mod.parse({**msgspec_builtins(mon_config), "monitoring": {
-        **msgspec_builtins(mon_config.monitoring), "interval_s": interval}})
-    a = Appliance(cfg)
-    a.start()
+    a = _serving_iris(mon_config, iris, interval_s=interval)
     try:
-        a.importer.import_file(iris, actor="t")
-
-        async def deploy():
-            await a.deployments.deploy("iris", "iris", 1, actor="t")
-            await a.deployments.promote("iris", actor="t")
-
-        asyncio.run(deploy())
         serve(a, [reference_like(200, seed=i) for i in range(3)])
         a.predlog.flush()
         deadline = time.monotonic() + 120
@@ -614,18 +588,8 @@ def test_drift_kernels_run_on_their_own_thread_at_the_configured_priority(
     for name in ("_numeric_kernel", "_categorical_kernel"):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _real=real: ran_on.append(threading.get_native_id()) or _real(*a))
-    cfg = config_mod.parse({**msgspec_builtins(mon_config), "monitoring": {
-        **msgspec_builtins(mon_config.monitoring), "kernel_priority": priority}})
-    a = Appliance(cfg)
-    a.start()
+    a = _serving_iris(mon_config, iris, kernel_priority=priority)
     try:
-        a.importer.import_file(iris, actor="t")
-
-        async def deploy():
-            await a.deployments.deploy("iris", "iris", 1, actor="t")
-            await a.deployments.promote("iris", actor="t")
-
-        asyncio.run(deploy())
         serve(a, [reference_like(200, seed=1) + np.float32(3.0)])
         a.predlog.flush()
         for t in threading.enumerate():
