@@ -347,12 +347,11 @@ class Monitor:
             # x and y of all the windows converted at once, and each kernel run once over all of
             # them: every conversion and kernel call lets the event loop's GIL go and come back,
             # and every such hand-off costs it (benchmarks/README.md)
+            done = []
             if complete:
                 bounds = np.arange(complete + 1) * dp.window_rows
                 n = bounds[-1]
                 results = self._drift_columns(model, version, ref, list_matrix(table, "x")[:n], list_matrix(table, "y")[:n], bounds)
-            done = []
-            if complete:
                 # the windows' seq values, first and last timestamps and corrected p-values in a few
                 # calls for all of them: pyarrow and numpy calls let the GIL go, and made per window
                 # they kept the serving event loop from it for milliseconds (benchmarks/README.md)
