@@ -21,12 +21,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from shepherd.monitoring import kernels as K
 from shepherd.monitoring.profile import ReferenceProfile, build_profile, build_profile_from_parquet
 
 stats = pytest.importorskip("scipy.stats")
 from scipy.spatial.distance import jensenshannon  # noqa: E402
+from scipy.stats import _stats_py  # noqa: E402  (the exact KS recursion, for the pairs test)
 
 TOL = 1e-9
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -149,6 +151,47 @@ def test_ks_large_samples_match_scipy(n_cur, n_ref, shift):
     profile = build_profile({"x": ref})
     res = K.numeric_drift(profile, cur.reshape(-1, 1))
     check_numeric_feature(res, 0, cur, ref, profile, "x")
+
+
+@njit(cache=True, fastmath={"contract"})
+def _ks_inside_one_row(m, n, g, h):
+    """The exact KS recursion one row at a time: `K._ks_inside_method` before rows went in pairs."""
+    if m < n:
+        m, n = n, m
+    mg, ng = m // g, n // g
+    V = np.ones(n + 1)
+    V[:min(-((-h) // mg), n + 1)] = 0.0
+    recip = np.empty(m + n + 1)
+    recip[0] = 0.0
+    for k in range(1, m + n + 1):
+        recip[k] = 1.0 / k
+    hi = 0
+    for i in range(1, m + 1):
+        lo = min(max((ng * i - h) // mg + 1, 0), n)
+        hi = min(-((-(ng * i + h)) // mg), n + 1)
+        if hi <= lo:
+            return 1.0
+        val = 0.0 if lo == 0 else 1.0
+        for j in range(lo, hi):
+            r = recip[i + j]
+            val = val * (j * r) + V[j] * (i * r)
+            V[j] = val
+    return V[hi - 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=st.integers(1, 1200), n=st.integers(1, 600), frac=st.floats(0.0, 1.0))
+def test_ks_rows_in_pairs_is_the_one_row_recursion(m, n, frac):
+    """Two rows at a time (odd and even counts, bands that start, end or vanish between the two rows)
+    gives bit for bit the one-row recursion's result, and scipy's to 1e-9."""
+    g = math.gcd(m, n)
+    lcm = (m // g) * n
+    h = max(1, round(frac * lcm))
+    ours = K._ks_inside_method(m, n, g, h)
+    assert ours == _ks_inside_one_row(m, n, g, h), (m, n, h)
+    if m != n:
+        theirs = float(_stats_py._compute_outer_prob_inside_method(max(m, n), min(m, n), g, h))
+        assert abs(ours - theirs) <= TOL, (m, n, h, ours, theirs)
 
 
 @settings(max_examples=60, deadline=None)
