@@ -6,7 +6,9 @@ outputs flattened in the version's layout (`layout.py`) as float64, the request 
 and the latency. A batch's inputs were stacked for the model anyway and its outputs come out
 stacked, so a batch of any size costs one numpy copy per tensor; a lone request is a batch of one.
 No request object is kept. A background thread (`flusher`) detaches the filled segments, wraps
-their columns as one Arrow table without copying them, and appends it to DuckDB in one INSERT.
+their columns as one Arrow table (without copying a full segment's; a partly filled one's are copied
+out, because the store keeps the newest rows in memory for the monitor), and appends it to DuckDB
+in one INSERT.
 
 Why columns and not a queue of request tuples: holding a second's worth of request objects
 (dicts, arrays, tuples) until the flusher walked them cost the event loop 26-33 µs a request on
@@ -140,9 +142,13 @@ class Segment:
         self.n = stop
 
     def table(self, first_seq: int) -> pa.Table:
-        """The filled rows as an Arrow table; the numeric columns are wrapped, not copied."""
+        """The filled rows as an Arrow table: the numeric columns of a full segment wrapped, of a
+        partly filled one copied. The store keeps ts, x and y after the INSERT (`RecentPredictions`),
+        and a view of a few rows would keep the whole preallocated segment alive with them."""
         n = self.n
         deployment, model, version, slot = self.labels
+        if n < self.capacity:
+            self.ts, self.x, self.y = self.ts[:n].copy(), self.x[:n].copy(), self.y[:n].copy()
         return pa.table({
             "seq": pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)),
             "request_id": pa.array(self.ids, pa.string()),

@@ -2,7 +2,9 @@
 
 One file, `<data_dir>/events.duckdb`. `EventStore` owns one connection; every unit of work
 takes its own cursor (`cursor()`), which DuckDB makes safe across threads. Appends arrive as Arrow tables built by
-the flusher, so a batch of N requests is one INSERT.
+the flusher, so a batch of N requests is one INSERT. The newest appended rows also stay in memory
+(`RecentPredictions`), and the monitor's reads of new rows (`window_rows`, `outputs_since`) are
+answered from there while they can be.
 
 Tables:
   predictions   one row per request row: seq (monotonic), request_id, row (index inside the
@@ -18,6 +20,8 @@ Tables:
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -91,6 +96,108 @@ def list_matrix(table: pa.Table, column: str) -> np.ndarray:
     return flat.reshape(len(col), -1)
 
 
+RECENT_BYTES = 64 << 20
+"""Most bytes of appended rows (seq, ts, x, y) kept in memory for the monitor; the oldest go first."""
+RECENT_COLUMNS = ["seq", "ts", "x", "y"]
+RECENT_SCHEMA = pa.schema([("seq", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
+                           ("x", pa.list_(pa.float64())), ("y", pa.list_(pa.float64()))])
+
+
+class RecentPredictions:
+    """The newest appended rows of each (deployment, version), kept after their INSERT.
+
+    The monitor reads every logged row once, a few seconds after the flusher wrote it: the rows
+    of complete windows, and the outputs for the score stream. Read back from DuckDB that is a
+    scan, a sort and a conversion to Arrow (14 ms of a 25-window pass, benchmarks/README.md); the
+    flusher had the same rows as Arrow a moment before. So `add` keeps them, zero-copy where a
+    flush holds one version, and `rows` answers from them when it can prove the answer complete:
+
+    - every row of (deployment, version) with seq >= floor is here, in seq order. The floor starts
+      at the first seq this process could append (rows before are in DuckDB only) and rises past
+      each chunk evicted for RECENT_BYTES;
+    - so a request for the rows after `after_seq` is complete here when after_seq + 1 >= floor;
+      otherwise `rows` returns None and the caller asks DuckDB.
+
+    Anything unexpected drops everything and starts again from the next seq: an append whose seq
+    does not increase past every seq before it, and deleted rows (`reset`, after retention).
+    """
+
+    def __init__(self, next_seq: int, max_bytes: int = RECENT_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._max_bytes = max_bytes
+        self._chunks: dict[tuple[str, int], deque[tuple[np.ndarray, pa.Table]]] = {}
+        self._order: deque[tuple[tuple[str, int], int, int]] = deque()  # (key, bytes, last seq), oldest first
+        self._floor: dict[tuple[str, int], int] = {}
+        self._base = next_seq  # the floor of a key not in _floor
+        self._next = next_seq  # above every seq added so far
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def reset(self) -> None:
+        """Forget every row: from now on only rows appended later are answered from memory."""
+        with self._lock:
+            self._forget(self._next)
+
+    def _forget(self, base: int) -> None:
+        """(Lock held.) Drop every row kept; rows from seq `base` on will be kept again."""
+        self._chunks, self._order, self._floor, self._bytes = {}, deque(), {}, 0
+        self._base = self._next = base
+
+    def add(self, table: pa.Table, versions: set[tuple[str, str, int]]) -> None:
+        """Keep an appended table's rows; `versions` names the (deployment, model, version) rows it holds."""
+        if table.num_rows == 0:
+            return
+        seq = table.column("seq").to_numpy()
+        with self._lock:
+            if seq[0] < self._next or (len(seq) > 1 and not (np.diff(seq) > 0).all()):
+                self._forget(max(self._next, int(seq.max()) + 1))
+                return
+            self._next = int(seq[-1]) + 1
+        keys = {(d, int(v)) for d, _, v in versions}
+        if len(keys) == 1:
+            parts = [(keys.pop(), seq, table.select(RECENT_COLUMNS))]
+        else:  # each version's rows apart (a copy); flushes of several versions are the rarer case
+            parts = []
+            for d, v in sorted(keys):
+                mask = pc.and_(pc.equal(table.column("deployment"), d), pc.equal(table.column("version"), v))
+                parts.append(((d, v), seq[np.asarray(mask, dtype=bool)], table.filter(mask).select(RECENT_COLUMNS)))
+        with self._lock:
+            for key, s, t in parts:
+                if len(s) == 0:
+                    continue
+                self._chunks.setdefault(key, deque()).append((s, t))
+                self._order.append((key, t.nbytes, int(s[-1])))
+                self._bytes += t.nbytes
+            while self._bytes > self._max_bytes and self._order:
+                key, nbytes, last = self._order.popleft()
+                self._chunks[key].popleft()
+                self._floor[key] = last + 1
+                self._bytes -= nbytes
+
+    def rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table | None:
+        """The first `limit` rows with seq > after_seq, in seq order; None when they may not all be here."""
+        key = (deployment, version)
+        with self._lock:
+            if after_seq + 1 < self._floor.get(key, self._base):
+                self.misses += 1
+                return None
+            self.hits += 1
+            pieces, need = [], limit
+            for s, t in self._chunks.get(key, ()):
+                if need <= 0:
+                    break
+                if s[-1] <= after_seq:
+                    continue
+                start = int(np.searchsorted(s, after_seq, side="right"))
+                take = min(len(s) - start, need)
+                pieces.append(t.slice(start, take))
+                need -= take
+        if not pieces:
+            return RECENT_SCHEMA.empty_table()
+        return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
 class EventStore:
     """The DuckDB file and the SQL around it."""
 
@@ -109,6 +216,7 @@ class EventStore:
             (r[0], r[1], int(r[2])) for r in self.con.execute("SELECT DISTINCT deployment, model, version FROM predictions").fetchall()
         }
         self.feedback_generation = 0
+        self.recent = RecentPredictions(self.next_seq())
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A fresh cursor for one unit of work: thread-safe, and no half-read result leaks into the next query."""
@@ -137,6 +245,7 @@ class EventStore:
         finally:
             cur.unregister("batch_in")
         self._logged |= versions
+        self.recent.add(table, versions)
 
     def apply_retention(self, older_than: datetime | None, keep_rows: int) -> int:
         """Delete predictions older than `older_than` and beyond the newest `keep_rows` (0: no limit), and their feedback."""
@@ -149,6 +258,7 @@ class EventStore:
                 "DELETE FROM predictions WHERE seq <= (SELECT max(seq) FROM predictions) - ?", [keep_rows]
             ).fetchone()[0]
         if deleted:
+            self.recent.reset()
             cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
         return int(deleted)
 
@@ -201,12 +311,18 @@ class EventStore:
         return int(count)
 
     def outputs_since(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        recent = self.recent.rows(deployment, version, after_seq, limit)
+        if recent is not None:
+            return recent.select(["seq", "y"])
         return self.cursor().sql(
             "SELECT seq, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
             params=[deployment, version, after_seq, limit],
         ).to_arrow_table()
 
     def window_rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        recent = self.recent.rows(deployment, version, after_seq, limit)
+        if recent is not None:
+            return recent
         return self.cursor().sql(
             "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
             params=[deployment, version, after_seq, limit],

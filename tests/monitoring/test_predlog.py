@@ -234,3 +234,135 @@ def test_results_retention_keeps_the_newest_window_and_evaluation_of_each_versio
     evaluations = sorted((d, v, at) for d, v, at in cur.execute("SELECT deployment, version, computed_at FROM performance").fetchall())
     assert [(d, v) for d, v, _ in evaluations] == [("d", 1), ("d", 2)] and evaluations[1][2] == old
     assert deleted == 3 + 2
+
+
+def _sql_rows(store: EventStore, deployment: str, version: int, after_seq: int, limit: int) -> list[tuple]:
+    """What DuckDB holds for the monitor's read of new rows: (seq, ts, x, y) in seq order."""
+    return store.cursor().execute(
+        "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
+        [deployment, version, after_seq, limit],
+    ).fetchall()
+
+
+def _as_rows(table) -> list[tuple]:
+    d = table.to_pydict()
+    return [(s, t, list(x), list(y)) for s, t, x, y in zip(d["seq"], d["ts"], d["x"], d["y"])]
+
+
+def _same_rows(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal seq, ts and values, NaN equal to NaN."""
+    return len(a) == len(b) and all(
+        ra[0] == rb[0] and ra[1] == rb[1] and np.array_equal(ra[2], rb[2], equal_nan=True) and np.array_equal(ra[3], rb[3])
+        for ra, rb in zip(a, b))
+
+
+def _flushes(log: PredictionLog, rng: np.random.Generator, plan: list[list[tuple]]) -> None:
+    """One flush per entry of `plan`: each entry lists the labels of its requests, in order."""
+    for n, flush in enumerate(plan):
+        for i, labels in enumerate(flush):
+            inputs, outputs = _request(rng, 1 + (i % 3 == 0), with_b=i % 4 != 1)
+            _one(log, f"f{n}-{i}", labels, inputs, outputs)
+        assert log.flush()
+
+
+def _check_reads(store: EventStore, after: list[int], limits=(1, 3, 7, 1000)) -> None:
+    for labels in (A, B):
+        dep, version = labels[0], int(labels[2])
+        for after_seq in after:
+            for limit in limits:
+                want = _sql_rows(store, dep, version, after_seq, limit)
+                assert _same_rows(_as_rows(store.window_rows(dep, version, after_seq, limit)), want), (labels, after_seq, limit)
+                got = store.outputs_since(dep, version, after_seq, limit)
+                assert got.column_names == ["seq", "y"]
+                assert [(s, list(y)) for s, y in zip(*got.to_pydict().values())] == [(w[0], list(w[3])) for w in want]
+
+
+def test_the_monitors_reads_of_new_rows_come_from_memory_and_equal_duckdbs(store: EventStore):
+    """Rows of one version per flush (kept as they were appended) and of two (split per version),
+    read back from memory for any start and limit: the same rows as DuckDB's, and DuckDB is not asked."""
+    log = _log(store)
+    first = store.next_seq()
+    _flushes(log, np.random.default_rng(1), [[A] * 5, [A, B, A, B, B], [B] * 4, [B, A] * 3, [A]])
+    last = store.next_seq() - 1
+    assert first == 1  # a new log: the monitor's first read is after seq 0
+    store.recent.hits = store.recent.misses = 0
+    _check_reads(store, list(range(first - 1, last + 2)))
+    assert store.recent.misses == 0 and store.recent.hits > 0
+    _check_reads(store, [first - 3])  # below the first seq this process appended: DuckDB, for all memory knows
+    assert store.recent.misses > 0
+    log.close()
+
+
+def test_rows_evicted_from_memory_or_older_than_the_process_are_read_from_duckdb(store: EventStore, tmp_path: Path):
+    """Past the memory bound the oldest rows go, and reads that reach back to them go to DuckDB;
+    so do reads of rows another process appended; the answers never change."""
+    from shepherd.store.events import RecentPredictions
+
+    log = _log(store)
+    rng = np.random.default_rng(2)
+    _flushes(log, rng, [[A] * 4, [B] * 4])
+    before = store.next_seq()  # rows below were appended before the "restart" below
+    store.recent = RecentPredictions(before, max_bytes=3000)  # as a process that starts now, with little memory
+    _flushes(log, rng, [[A, B] * 3, [A] * 6, [B] * 6, [A] * 6])
+    end = store.next_seq()
+    store.recent.hits = store.recent.misses = 0
+    _check_reads(store, [0, before - 2])  # reach back past the rows this "process" appended
+    assert store.recent.hits == 0  # every one of those went to DuckDB
+    assert store.recent._floor, "nothing was evicted: the bound did not apply"
+    _check_reads(store, list(range(before, end + 1)))  # evicted or not, every answer as DuckDB's
+    assert store.recent.hits > 0 and store.recent.misses > 0
+    log.close()
+
+
+def test_deleted_rows_leave_memory_too(store: EventStore):
+    """Retention deletes the oldest rows; none of them is then read from memory."""
+    log = _log(store)
+    first = store.next_seq()
+    _flushes(log, np.random.default_rng(3), [[A, B] * 4, [A] * 4])
+    assert store.apply_retention(None, keep_rows=5) > 0
+    store.recent.hits = store.recent.misses = 0
+    _check_reads(store, [first - 1, first + 2])
+    assert store.recent.hits == 0
+    _flushes(log, np.random.default_rng(4), [[B, A] * 2])  # new rows are kept again
+    _check_reads(store, [store.next_seq() - 3])
+    assert store.recent.hits > 0
+    log.close()
+
+
+def test_an_append_whose_seq_goes_back_drops_every_row_kept():
+    """Rows kept in memory are all rows above their floor only while seq increases; otherwise memory starts again."""
+    import pyarrow as pa
+
+    from shepherd.store.events import RecentPredictions
+
+    def table(seqs, version=1):
+        n = len(seqs)
+        return pa.table({"seq": pa.array(seqs, pa.int64()), "ts": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+                         "deployment": ["d"] * n, "version": pa.array([version] * n, pa.int32()),
+                         "x": pa.array([[float(s)] for s in seqs]), "y": pa.array([[0.0] for _ in seqs])})
+
+    recent = RecentPredictions(10)
+    recent.add(table([10, 11, 12]), {("d", "m", 1)})
+    assert recent.rows("d", 1, 9, 10).column("seq").to_pylist() == [10, 11, 12]
+    assert recent.rows("d", 1, 8, 10) is None  # seq 9 and below: not this process's
+    recent.add(table([11, 13]), {("d", "m", 1)})  # goes back: memory cannot vouch for anything up to 13
+    assert recent.rows("d", 1, 9, 10) is None and recent.rows("d", 1, 12, 10) is None
+    assert recent.rows("d", 1, 13, 10).num_rows == 0  # above it: complete (nothing yet)
+    recent.add(table([14, 16, 15]), {("d", "m", 1)})  # not increasing within the append
+    assert recent.rows("d", 1, 13, 10) is None and recent.rows("d", 1, 16, 10).num_rows == 0
+
+
+def test_a_partly_filled_segment_is_copied_out_and_a_full_one_wrapped():
+    """The store keeps a flushed table's ts, x and y: a few rows must not keep a whole preallocated segment alive."""
+    rng = np.random.default_rng(5)
+    for capacity, rows in ((8, 3), (4, 4)):
+        seg = predlog_mod.Segment(A, predlog_mod.Columns(SIG), capacity)
+        inputs, outputs = _request(rng, rows)
+        seg.write([(A, "r", 0.001, rows)], 0, rows, rows, inputs, outputs, 123)
+        seg.n = rows
+        buffers = (seg.ts, seg.x, seg.y)
+        t = seg.table(1)
+        x = t.column("x").chunk(0).values.to_numpy()
+        shared = [np.shares_memory(x, buffers[1]), np.shares_memory(t.column("ts").to_numpy(), buffers[0])]
+        assert shared == [rows == capacity] * 2, (capacity, rows)
+        np.testing.assert_array_equal(x.reshape(rows, -1), buffers[1][:rows])
