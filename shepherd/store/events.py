@@ -433,20 +433,24 @@ class EventStore:
         if not windows:
             return
         cur = self.cursor()
-        # One INSERT for all the windows (executemany ran one statement per window, each a GIL hand-off).
-        rows = pa.Table.from_pylist(windows)
-        cur.register("feat_in", features)
-        cur.register("win_in", rows)
+        # One call: the transaction and both INSERTs as one script, the tables found by DuckDB's
+        # replacement scan (local names). Each call into DuckDB lets the GIL go and takes it back,
+        # and the monitor's thread winning it back is what keeps the serving event loop waiting
+        # (register, BEGIN, two INSERTs, COMMIT and unregister were eight; benchmarks/README.md).
+        win_in = pa.Table.from_pylist(windows)  # noqa: F841 - read by name in the SQL
+        feat_in = features  # noqa: F841
         try:
-            with _transaction(cur):
-                cur.execute(
-                    "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
-                    "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in"
-                )
-                cur.execute("INSERT INTO drift_features SELECT * FROM feat_in")
-        finally:
-            cur.unregister("feat_in")
-            cur.unregister("win_in")
+            cur.execute(
+                "BEGIN; "
+                "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
+                "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in; "
+                "INSERT INTO drift_features SELECT * FROM feat_in; "
+                "COMMIT"
+            )
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # no transaction left open when BEGIN itself failed
+                cur.execute("ROLLBACK")
+            raise
 
     def windows(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
         where, params = _range("end_ts", deployment, start, end)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -331,8 +333,6 @@ def test_deleted_rows_leave_memory_too(store: EventStore):
 
 def test_an_append_whose_seq_goes_back_drops_every_row_kept():
     """Rows kept in memory are all rows above their floor only while seq increases; otherwise memory starts again."""
-    import pyarrow as pa
-
     from shepherd.store.events import RecentPredictions
 
     def table(seqs, version=1):
@@ -366,3 +366,28 @@ def test_a_partly_filled_segment_is_copied_out_and_a_full_one_wrapped():
         shared = [np.shares_memory(x, buffers[1]), np.shares_memory(t.column("ts").to_numpy(), buffers[0])]
         assert shared == [rows == capacity] * 2, (capacity, rows)
         np.testing.assert_array_equal(x.reshape(rows, -1), buffers[1][:rows])
+
+
+def test_windows_are_stored_all_or_nothing(store: EventStore):
+    """save_windows is one script (BEGIN, two INSERTs, COMMIT): when the second INSERT fails, the
+    first is rolled back, the error reaches the caller, and the next save works."""
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    window = {"deployment": "dep", "model": "m", "version": 1, "window_id": 1, "start_ts": at, "end_ts": at, "first_seq": 1,
+              "last_seq": 10, "n_rows": 10, "n_features": 1, "n_evaluated": 1, "n_drifted": 0, "share": 0.0, "drifted": False,
+              "computed_at": at}
+    schema = store.cursor().sql("SELECT * FROM drift_features").to_arrow_table().schema
+    feature = {"deployment": "dep", "version": 1, "window_id": 1, "feature": "a", "role": "input", "kind": "numeric", "n": 10,
+               "has_data": True, "drifted": False}
+    good = pa.Table.from_pylist([{name: feature.get(name) for name in schema.names}], schema=schema)
+    bad = good.drop_columns(["drifted"])  # the second INSERT cannot bind it
+
+    def count(table: str) -> int:
+        return store.cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    with pytest.raises(duckdb.Error):
+        store.save_windows([window], bad)
+    assert (count("drift_windows"), count("drift_features")) == (0, 0)
+    store.save_windows([window], good)
+    assert (count("drift_windows"), count("drift_features")) == (1, 1)
