@@ -31,6 +31,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import structlog
+
+log = structlog.get_logger()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -119,7 +122,13 @@ class RecentPredictions:
       otherwise `rows` returns None and the caller asks DuckDB.
 
     Anything unexpected drops everything and starts again from the next seq: an append whose seq
-    does not increase past every seq before it, and deleted rows (`reset`, after retention).
+    does not increase past every seq before it, rows of a version that `versions` did not name,
+    and deletions (`reset`, after retention deleted rows). An append that leaves a gap after the last
+    seq kept (rows in between may be in DuckDB only) is kept from its first seq on. `add` may raise
+    only on a failure of its own (memory), and the caller then resets.
+
+    Answers from memory carry x and y as fixed-size lists where DuckDB's carry lists: read them
+    with `list_matrix`, which takes both.
     """
 
     def __init__(self, next_seq: int, max_bytes: int = RECENT_BYTES) -> None:
@@ -153,16 +162,21 @@ class RecentPredictions:
             if seq[0] < self._next or (len(seq) > 1 and not (np.diff(seq) > 0).all()):
                 self._forget(max(self._next, int(seq.max()) + 1))
                 return
+            if seq[0] > self._next:  # a gap: rows in between may be in DuckDB only
+                self._forget(int(seq[0]))
             self._next = int(seq[-1]) + 1
-        keys = {(d, int(v)) for d, _, v in versions}
-        if len(keys) == 1:
-            parts = [(keys.pop(), seq, table.select(RECENT_COLUMNS))]
-        else:  # each version's rows apart (a copy); flushes of several versions are the rarer case
-            parts = []
-            for d, v in sorted(keys):
-                mask = pc.and_(pc.equal(table.column("deployment"), d), pc.equal(table.column("version"), v))
-                parts.append(((d, v), seq[np.asarray(mask, dtype=bool)], table.filter(mask).select(RECENT_COLUMNS)))
+        parts = []
+        for d, v in sorted({(d, int(v)) for d, _, v in versions}):
+            mask = pc.and_(pc.equal(table.column("deployment"), d), pc.equal(table.column("version"), v))
+            if pc.all(mask).as_py():  # the usual flush: one version, kept as appended (no copy)
+                parts.append(((d, v), seq, table.select(RECENT_COLUMNS)))
+                break
+            # each version's rows apart (a copy); flushes of several versions are the rarer case
+            parts.append(((d, v), seq[np.asarray(mask, dtype=bool)], table.filter(mask).select(RECENT_COLUMNS)))
         with self._lock:
+            if sum(len(s) for _, s, _ in parts) != len(seq):  # `versions` did not name every row's version
+                self._forget(self._next)
+                return
             for key, s, t in parts:
                 if len(s) == 0:
                     continue
@@ -245,7 +259,13 @@ class EventStore:
         finally:
             cur.unregister("batch_in")
         self._logged |= versions
-        self.recent.add(table, versions)
+        # The rows are committed: nothing here may raise now, or the flusher would put the segments
+        # back and insert them a second time. Memory that cannot keep them keeps nothing.
+        try:
+            self.recent.add(table, versions)
+        except Exception:
+            log.exception("recent_predictions_add_failed", rows=table.num_rows)
+            self.recent.reset()
 
     def apply_retention(self, older_than: datetime | None, keep_rows: int) -> int:
         """Delete predictions older than `older_than` and beyond the newest `keep_rows` (0: no limit), and their feedback."""
@@ -258,6 +278,8 @@ class EventStore:
                 "DELETE FROM predictions WHERE seq <= (SELECT max(seq) FROM predictions) - ?", [keep_rows]
             ).fetchone()[0]
         if deleted:
+            # After the DELETE, not before: a pass that finds nothing to delete (most) keeps memory. A
+            # read in between may still get deleted rows from memory, as a read just before would have.
             self.recent.reset()
             cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
         return int(deleted)
@@ -437,18 +459,20 @@ class EventStore:
         # replacement scan (local names). Each call into DuckDB lets the GIL go and takes it back,
         # and the monitor's thread winning it back is what keeps the serving event loop waiting
         # (register, BEGIN, two INSERTs, COMMIT and unregister were eight; benchmarks/README.md).
-        win_in = pa.Table.from_pylist(windows)  # noqa: F841 - read by name in the SQL
-        feat_in = features  # noqa: F841
+        # (Names no table of the schema has: the catalog comes before the replacement scan.)
+        shepherd_windows_in = pa.Table.from_pylist(windows)  # noqa: F841 - read by name in the SQL
+        shepherd_features_in = features  # noqa: F841
         try:
             cur.execute(
                 "BEGIN; "
                 "INSERT INTO drift_windows SELECT deployment, model, version, window_id, start_ts, end_ts, first_seq, last_seq, "
-                "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM win_in; "
-                "INSERT INTO drift_features SELECT * FROM feat_in; "
+                "n_rows, n_features, n_evaluated, n_drifted, share, drifted, computed_at FROM shepherd_windows_in; "
+                "INSERT INTO drift_features SELECT * FROM shepherd_features_in; "
                 "COMMIT"
             )
         except BaseException:
-            with contextlib.suppress(duckdb.Error):  # no transaction left open when BEGIN itself failed
+            # No transaction is open when BEGIN itself failed, nor after a failed COMMIT (DuckDB ends it)
+            with contextlib.suppress(duckdb.Error):
                 cur.execute("ROLLBACK")
             raise
 

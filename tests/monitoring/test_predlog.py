@@ -331,16 +331,19 @@ def test_deleted_rows_leave_memory_too(store: EventStore):
     log.close()
 
 
+def _appended(seqs: list[int], versions: list[int] | None = None) -> pa.Table:
+    """An appended table as RecentPredictions sees it: deployment "d", each row's version (1 unless given)."""
+    n = len(seqs)
+    return pa.table({"seq": pa.array(seqs, pa.int64()), "ts": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
+                     "deployment": ["d"] * n, "version": pa.array(versions or [1] * n, pa.int32()),
+                     "x": pa.array([[float(s)] for s in seqs]), "y": pa.array([[0.0] for _ in seqs])})
+
+
 def test_an_append_whose_seq_goes_back_drops_every_row_kept():
     """Rows kept in memory are all rows above their floor only while seq increases; otherwise memory starts again."""
     from shepherd.store.events import RecentPredictions
 
-    def table(seqs, version=1):
-        n = len(seqs)
-        return pa.table({"seq": pa.array(seqs, pa.int64()), "ts": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
-                         "deployment": ["d"] * n, "version": pa.array([version] * n, pa.int32()),
-                         "x": pa.array([[float(s)] for s in seqs]), "y": pa.array([[0.0] for _ in seqs])})
-
+    table = _appended
     recent = RecentPredictions(10)
     recent.add(table([10, 11, 12]), {("d", "m", 1)})
     assert recent.rows("d", 1, 9, 10).column("seq").to_pylist() == [10, 11, 12]
@@ -350,6 +353,49 @@ def test_an_append_whose_seq_goes_back_drops_every_row_kept():
     assert recent.rows("d", 1, 13, 10).num_rows == 0  # above it: complete (nothing yet)
     recent.add(table([14, 16, 15]), {("d", "m", 1)})  # not increasing within the append
     assert recent.rows("d", 1, 13, 10) is None and recent.rows("d", 1, 16, 10).num_rows == 0
+
+
+def test_memory_never_answers_for_rows_it_may_not_hold():
+    """A gap after the rows kept (rows in between may be in DuckDB only), and rows of a version the
+    caller did not name: reads that would need them go to DuckDB."""
+    from shepherd.store.events import RecentPredictions
+
+    recent = RecentPredictions(10)
+    recent.add(_appended([10, 11]), {("d", "m", 1)})
+    recent.add(_appended([15, 16]), {("d", "m", 1)})  # 12-14 never came here
+    assert recent.rows("d", 1, 9, 10) is None and recent.rows("d", 1, 13, 10) is None
+    assert recent.rows("d", 1, 14, 10).column("seq").to_pylist() == [15, 16]  # from the gap on: complete
+    recent.add(_appended([17, 18, 19], [1, 2, 1]), {("d", "m", 1)})  # version 2's row 18 unnamed
+    assert recent.rows("d", 1, 14, 10) is None and recent.rows("d", 2, 17, 10) is None
+    assert recent.rows("d", 1, 19, 10).num_rows == 0  # after them: complete again
+    recent.add(_appended([20, 21], [1, 2]), {("d", "m", 1), ("d", "m", 2)})  # both named: kept, apart
+    assert recent.rows("d", 1, 19, 10).column("seq").to_pylist() == [20]
+    assert recent.rows("d", 2, 19, 10).column("seq").to_pylist() == [21]
+
+
+def test_a_failure_to_keep_rows_in_memory_neither_fails_nor_repeats_the_flush(store: EventStore, monkeypatch):
+    """The INSERT has committed when the rows go to memory: a failure there must not make the
+    flusher put the rows back (and insert them twice); memory forgets, reads go to DuckDB."""
+    log = _log(store)
+    rng = np.random.default_rng(5)
+    _flushes(log, rng, [[A] * 3])
+
+    def broken(table, versions):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(store.recent, "add", broken)
+    _flushes(log, rng, [[A, B] * 3])
+    monkeypatch.undo()
+    seqs = [r[0] for r in store.cursor().execute("SELECT seq FROM predictions ORDER BY seq").fetchall()]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 3 + 6 + 3  # every row once (requests of 2 rows: i % 3 == 0)
+    assert log.failures._value.get() == 0
+    store.recent.hits = store.recent.misses = 0
+    _check_reads(store, [0, 3])
+    assert store.recent.hits == 0  # nothing answered from a memory that missed rows
+    _flushes(log, rng, [[B, A]])  # rows appended later are kept again
+    _check_reads(store, [store.next_seq() - 3])
+    assert store.recent.hits > 0
+    log.close()
 
 
 def test_a_partly_filled_segment_is_copied_out_and_a_full_one_wrapped():
@@ -386,8 +432,13 @@ def test_windows_are_stored_all_or_nothing(store: EventStore):
     def count(table: str) -> int:
         return store.cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
+    held = store.cursor()  # the failing save's own cursor, kept: no transaction may be left open on it
+    store.cursor = lambda: held
     with pytest.raises(duckdb.Error):
         store.save_windows([window], bad)
+    held.execute("BEGIN")  # fails while a transaction (even an aborted one) is still open
+    held.execute("ROLLBACK")
+    del store.cursor
     assert (count("drift_windows"), count("drift_features")) == (0, 0)
     store.save_windows([window], good)
     assert (count("drift_windows"), count("drift_features")) == (1, 1)
