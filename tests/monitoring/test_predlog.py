@@ -14,7 +14,7 @@ from shepherd.config import MonitoringConfig
 from shepherd.monitoring import predlog as predlog_mod
 from shepherd.monitoring.predlog import PredictionLog
 from shepherd.serving.codec import request_rows
-from shepherd.store.events import EventStore
+from shepherd.store.events import EventStore, RecentPredictions
 
 SIG = {
     "inputs": [
@@ -298,8 +298,6 @@ def test_the_monitors_reads_of_new_rows_come_from_memory_and_equal_duckdbs(store
 def test_rows_evicted_from_memory_or_older_than_the_process_are_read_from_duckdb(store: EventStore, tmp_path: Path):
     """Past the memory bound the oldest rows go, and reads that reach back to them go to DuckDB;
     so do reads of rows another process appended; the answers never change."""
-    from shepherd.store.events import RecentPredictions
-
     log = _log(store)
     rng = np.random.default_rng(2)
     _flushes(log, rng, [[A] * 4, [B] * 4])
@@ -341,25 +339,20 @@ def _appended(seqs: list[int], versions: list[int] | None = None) -> pa.Table:
 
 def test_an_append_whose_seq_goes_back_drops_every_row_kept():
     """Rows kept in memory are all rows above their floor only while seq increases; otherwise memory starts again."""
-    from shepherd.store.events import RecentPredictions
-
-    table = _appended
     recent = RecentPredictions(10)
-    recent.add(table([10, 11, 12]), {("d", "m", 1)})
+    recent.add(_appended([10, 11, 12]), {("d", "m", 1)})
     assert recent.rows("d", 1, 9, 10).column("seq").to_pylist() == [10, 11, 12]
     assert recent.rows("d", 1, 8, 10) is None  # seq 9 and below: not this process's
-    recent.add(table([11, 13]), {("d", "m", 1)})  # goes back: memory cannot vouch for anything up to 13
+    recent.add(_appended([11, 13]), {("d", "m", 1)})  # goes back: memory cannot vouch for anything up to 13
     assert recent.rows("d", 1, 9, 10) is None and recent.rows("d", 1, 12, 10) is None
     assert recent.rows("d", 1, 13, 10).num_rows == 0  # above it: complete (nothing yet)
-    recent.add(table([14, 16, 15]), {("d", "m", 1)})  # not increasing within the append
+    recent.add(_appended([14, 16, 15]), {("d", "m", 1)})  # not increasing within the append
     assert recent.rows("d", 1, 13, 10) is None and recent.rows("d", 1, 16, 10).num_rows == 0
 
 
 def test_memory_never_answers_for_rows_it_may_not_hold():
     """A gap after the rows kept (rows in between may be in DuckDB only), and rows of a version the
     caller did not name: reads that would need them go to DuckDB."""
-    from shepherd.store.events import RecentPredictions
-
     recent = RecentPredictions(10)
     recent.add(_appended([10, 11]), {("d", "m", 1)})
     recent.add(_appended([15, 16]), {("d", "m", 1)})  # 12-14 never came here
