@@ -10,6 +10,8 @@ Rules (also in the README):
     not stored; it is returned in `unknown`, never silently dropped.
   * Duplicates: a later label for the same (request id, row) replaces the earlier one (the newest
     label wins); the response counts them in `replaced`. Within one batch, the last one wins.
+    Sends that overlap in time are stored one after the other (`EventStore` serialises writes to
+    feedback), so a retry sent while the first send is in flight succeeds too.
 """
 
 from __future__ import annotations

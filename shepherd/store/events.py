@@ -75,13 +75,22 @@ CREATE TABLE IF NOT EXISTS performance (
 @contextlib.contextmanager
 def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN on `cur`, COMMIT when the block ends, ROLLBACK (and re-raise) when it or the COMMIT fails."""
+    cur.execute("BEGIN")
     try:
-        cur.execute("BEGIN")
         yield cur
         cur.execute("COMMIT")
     except BaseException:
-        cur.execute("ROLLBACK")
+        _rollback(cur)
         raise
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    """End whatever transaction a failure left open on `cur`, for a caller about to re-raise that failure.
+
+    A failed COMMIT (or a BEGIN that never ran) leaves none open, and the ROLLBACK's own error
+    ("no transaction is active") must not replace the one that matters."""
+    with contextlib.suppress(duckdb.Error):
+        cur.execute("ROLLBACK")
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -230,6 +239,11 @@ class EventStore:
             (r[0], r[1], int(r[2])) for r in self.con.execute("SELECT DISTINCT deployment, model, version FROM predictions").fetchall()
         }
         self.feedback_generation = 0
+        # Writes to feedback one at a time. DuckDB's transactions are optimistic: two that insert the
+        # same new (request_id, row) conflict, and one of them fails (at its INSERT or its COMMIT)
+        # instead of waiting. A client that resends labels while the first send is still in flight
+        # would get an error for labels that are valid; in turn, the later write simply wins.
+        self._feedback_lock = threading.Lock()
         self.recent = RecentPredictions(self.next_seq())
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -281,7 +295,8 @@ class EventStore:
             # After the DELETE, not before: a pass that finds nothing to delete (most) keeps memory. A
             # read in between may still get deleted rows from memory, as a read just before would have.
             self.recent.reset()
-            cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
+            with self._feedback_lock:
+                cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
         return int(deleted)
 
     def apply_results_retention(self, older_than: datetime) -> int:
@@ -397,12 +412,13 @@ class EventStore:
         })
         cur.register("fb_in", incoming)
         try:
-            with _transaction(cur):
-                (replaced,) = cur.execute(
-                    "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
-                ).fetchone()
-                cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
-            self.feedback_generation += 1
+            with self._feedback_lock:
+                with _transaction(cur):
+                    (replaced,) = cur.execute(
+                        "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
+                    ).fetchone()
+                    cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
+                self.feedback_generation += 1
         finally:
             cur.unregister("fb_in")
         return int(replaced)
@@ -471,9 +487,7 @@ class EventStore:
                 "COMMIT"
             )
         except BaseException:
-            # No transaction is open when BEGIN itself failed, nor after a failed COMMIT (DuckDB ends it)
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
+            _rollback(cur)
             raise
 
     def windows(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:

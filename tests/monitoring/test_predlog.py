@@ -435,3 +435,52 @@ def test_windows_are_stored_all_or_nothing(store: EventStore):
     assert (count("drift_windows"), count("drift_features")) == (0, 0)
     store.save_windows([window], good)
     assert (count("drift_windows"), count("drift_features")) == (1, 1)
+
+
+def test_labels_sent_twice_at_once_are_both_taken(store: EventStore):
+    """Two writes of the same new (request_id, row) at the same moment (a client resending while its
+    first send is in flight): DuckDB's optimistic transactions would fail one of them; the store
+    takes both, one after the other, so one inserts, the other replaces, and one of the labels stays."""
+    import threading
+    from datetime import UTC, datetime
+
+    rounds, errors, replaced = 40, [], [[0] * 40 for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def send(k: int) -> None:
+        for i in range(rounds):
+            barrier.wait()
+            try:
+                replaced[k][i] = store.upsert_feedback([(f"r{i}", 0)], [float(k)], datetime.now(UTC))
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(replaced[0][i] + replaced[1][i] == 1 for i in range(rounds))
+    rows = dict(store.cursor().execute("SELECT request_id, label FROM feedback").fetchall())
+    assert set(rows) == {f"r{i}" for i in range(rounds)} and set(rows.values()) <= {0.0, 1.0}
+    assert store.feedback_generation == 2 * rounds
+
+
+def test_a_failed_commit_reports_its_own_error(store: EventStore):
+    """When COMMIT fails, DuckDB has already ended the transaction: the error that reaches the caller
+    is the COMMIT's, not the ROLLBACK's "no transaction is active", and the cursor is usable."""
+    from datetime import UTC, datetime
+
+    from shepherd.store.events import _transaction
+
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    mine, other = store.cursor(), store.cursor()
+    with pytest.raises(duckdb.TransactionException, match="Failed to commit") as failure:
+        with _transaction(mine):
+            mine.execute("INSERT INTO feedback VALUES ('r', 0, 1.0, ?)", [at])
+            other.execute("INSERT INTO feedback VALUES ('r', 0, 2.0, ?)", [at])  # commits first: same key
+    assert "rollback" not in str(failure.value)
+    mine.execute("BEGIN")  # no transaction was left open
+    mine.execute("ROLLBACK")
+    assert store.cursor().execute("SELECT label FROM feedback").fetchall() == [(2.0,)]
