@@ -90,11 +90,15 @@ class References:
             outputs=[] if ref.outputs is None else ref.outputs.numeric_names + ref.outputs.categorical_names,
         )
 
-    def _save(self, model: str, version: int, source: str, rows: int, actor: str, ref: VersionReference) -> None:
-        self.events.save_reference(model, version, source, rows, actor, msgspec.msgpack.encode(ref), datetime.now(UTC))
+    def _save(self, model: str, version: int, source: str, rows: int, actor: str, ref: VersionReference) -> bool:
+        """Store `ref` as the version's reference; False (nothing changed) when another was stored first."""
+        if not self.events.save_reference(model, version, source, rows, actor, msgspec.msgpack.encode(ref), datetime.now(UTC)):
+            log.info("reference_profile_exists", model=model, version=version, source=source, actor=actor)
+            return False
         with self._lock:
             self._cache[(model, version)] = ref
         log.info("reference_profile_stored", model=model, version=version, source=source, rows=rows, actor=actor)
+        return True
 
     def from_bundle(
         self, model: str, version: int, table: dict[str, np.ndarray], layout: Layout, bins: int, categorical: list[str],
@@ -120,7 +124,8 @@ class References:
             except Exception as err:  # the input example does not fit the model: inputs only
                 log.warning("reference_outputs_failed", model=model, version=version, error=str(err))
         ref = VersionReference(inputs=inputs, outputs=outputs)
-        self._save(model, version, "bundle", len(matrix), "import", ref)
+        if not self._save(model, version, "bundle", len(matrix), "import", ref):
+            return self.get(model, version)  # built at the same time elsewhere (the monitor, a request): that one stays
         return ref
 
     def adopt(self, model: str, version: int, rows: int, layout: Layout, bins: int, categorical: list[str], actor: str) -> ReferenceInfo:
@@ -128,7 +133,7 @@ class References:
         if rows < 2:
             raise InvalidInput("rows must be at least 2", field="rows")
         if self.events.reference(model, version) is not None:
-            raise Conflict(f"{model} version {version} already has a reference profile; it is immutable")
+            raise _exists(model, version)
         table = self.events.first_rows(model, version, rows)
         if table.num_rows == 0:
             raise NotFound(f"{model} version {version} has no logged predictions to adopt")
@@ -139,10 +144,15 @@ class References:
             inputs=profile_matrix(layout.x_names, x, bins, categorical),
             outputs=profile_matrix(layout.y_names, y, bins, categorical) if y.shape[1] else None,
         )
-        self._save(model, version, "adopted", table.num_rows, actor, ref)
+        if not self._save(model, version, "adopted", table.num_rows, actor, ref):  # one stored since the check above
+            raise _exists(model, version)
         info = self.info(model, version)
         assert info is not None
         return info
+
+
+def _exists(model: str, version: int) -> Conflict:
+    return Conflict(f"{model} version {version} already has a reference profile; it is immutable")
 
 
 def _inner(t: Any) -> tuple[int, ...]:

@@ -239,11 +239,12 @@ class EventStore:
             (r[0], r[1], int(r[2])) for r in self.con.execute("SELECT DISTINCT deployment, model, version FROM predictions").fetchall()
         }
         self.feedback_generation = 0
-        # Writes to feedback one at a time. DuckDB's transactions are optimistic: two that insert the
-        # same new (request_id, row) conflict, and one of them fails (at its INSERT or its COMMIT)
-        # instead of waiting. A client that resends labels while the first send is still in flight
-        # would get an error for labels that are valid; in turn, the later write simply wins.
-        self._feedback_lock = threading.Lock()
+        # Writes that may insert a key another write inserts at the same moment (feedback, references)
+        # run one at a time. DuckDB's transactions are optimistic: two that insert the same new key
+        # conflict, and one fails (at its INSERT or its COMMIT) instead of waiting. A client resending
+        # labels while its first send is in flight, or a reference built by a request while the
+        # monitor builds it, would get an error; in turn, each write sees the one before it.
+        self._keyed_writes = threading.Lock()
         self.recent = RecentPredictions(self.next_seq())
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -295,7 +296,7 @@ class EventStore:
             # After the DELETE, not before: a pass that finds nothing to delete (most) keeps memory. A
             # read in between may still get deleted rows from memory, as a read just before would have.
             self.recent.reset()
-            with self._feedback_lock:
+            with self._keyed_writes:
                 cur.execute("DELETE FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)")
         return int(deleted)
 
@@ -412,7 +413,7 @@ class EventStore:
         })
         cur.register("fb_in", incoming)
         try:
-            with self._feedback_lock:
+            with self._keyed_writes:
                 with _transaction(cur):
                     (replaced,) = cur.execute(
                         "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
@@ -443,10 +444,14 @@ class EventStore:
 
     # -- reference profiles ---------------------------------------------------------------
 
-    def save_reference(self, model: str, version: int, source: str, rows: int, actor: str, profile: bytes, at: datetime) -> None:
-        self.cursor().execute(
-            "INSERT INTO \"references\" VALUES (?, ?, ?, ?, ?, ?, ?)", [model, version, source, rows, at, actor, profile]
-        )
+    def save_reference(self, model: str, version: int, source: str, rows: int, actor: str, profile: bytes, at: datetime) -> bool:
+        """Store a version's reference profile unless it has one (a reference never changes); False when it had."""
+        with self._keyed_writes:
+            stored = self.cursor().execute(
+                "INSERT INTO \"references\" VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+                [model, version, source, rows, at, actor, profile],
+            ).fetchall()
+        return bool(stored)
 
     def reference(self, model: str, version: int) -> dict[str, Any] | None:
         row = self.cursor().execute(

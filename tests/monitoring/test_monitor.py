@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import msgspec
 import numpy as np
 import pytest
 from litestar.testing import TestClient
@@ -18,6 +19,8 @@ from shepherd import config as config_mod
 from shepherd.app import create_app
 from shepherd.appliance import Appliance
 from shepherd.auth import create_token
+from shepherd.errors import Conflict
+from shepherd.monitoring.references import VersionReference
 from shepherd.serving import inference
 from shepherd.store import audit
 
@@ -158,6 +161,35 @@ def test_a_deployed_versions_reference_is_profiled_before_any_request(appl: Appl
     assert info is not None and info.source == "bundle" and info.actor == "import"
     assert appl.events.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
     assert appl.events.cursor().execute("SELECT count(*) FROM drift_windows").fetchone()[0] == 0
+
+
+def test_a_reference_stored_meanwhile_is_kept_and_adopting_over_it_is_refused(appl: Appliance, monkeypatch):
+    """References never change. A bundle profile that finds one stored since it looked (the monitor
+    and a request building it at once) returns the stored one; an adoption that does gets 409, not
+    a database error; and the stored reference is untouched either way."""
+    deadline = time.monotonic() + 60
+    while appl.references.get("iris", 1) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = appl.references.info("iris", 1)
+    assert before is not None and before.source == "bundle"
+    real = appl.events.reference
+    calls = []
+
+    def missing_once(model, version):  # as if the other builder stored it just after this one looked
+        calls.append((model, version))
+        return None if len(calls) == 1 else real(model, version)
+
+    serve(appl, [reference_like(1, seed=i) for i in range(20)])
+    assert appl.predlog.flush()
+    appl.references._cache.clear()
+    monkeypatch.setattr(appl.events, "reference", missing_once)
+    ref = appl.monitor.reference("iris", "iris", 1)
+    assert ref is not None and ref == msgspec.msgpack.decode(real("iris", 1)["profile"], type=VersionReference)
+    calls.clear()
+    with pytest.raises(Conflict, match="already has a reference"):
+        appl.monitor.adopt_reference("iris", "iris", 1, 20, "op")
+    assert len(calls) == 1  # the adoption got past its own check, as in the race
+    assert appl.references.info("iris", 1) == before
 
 
 def test_a_multi_row_request_is_logged_row_by_row(appl: Appliance):

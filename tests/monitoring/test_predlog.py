@@ -484,3 +484,32 @@ def test_a_failed_commit_reports_its_own_error(store: EventStore):
     mine.execute("BEGIN")  # no transaction was left open
     mine.execute("ROLLBACK")
     assert store.cursor().execute("SELECT label FROM feedback").fetchall() == [(2.0,)]
+
+
+def test_a_reference_is_stored_once_when_two_arrive_at_once(store: EventStore):
+    """Two saves of the same version's reference at the same moment (the monitor and a request both
+    profiling the bundle): one is stored, the other is told so, and neither fails."""
+    import threading
+    from datetime import UTC, datetime
+
+    rounds, errors, stored = 20, [], [[None] * 20 for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def save(k: int) -> None:
+        for v in range(rounds):
+            barrier.wait()
+            try:
+                stored[k][v] = store.save_reference("m", v, "bundle", 10, f"actor{k}", bytes([k]), datetime.now(UTC))
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for v in range(rounds):
+        assert sorted([stored[0][v], stored[1][v]]) == [False, True]
+        winner = 0 if stored[0][v] else 1
+        assert store.reference("m", v)["profile"] == bytes([winner])
