@@ -10,6 +10,10 @@ A backup is a directory:
   manifest.json      format, Shepherd version, schema version, time, and the sha256 and size of
                      every file above; written last, so a backup without it is incomplete
 
+Backups may run at the same time (each to its own destination). One that fails removes what it
+wrote: the destination is left as it was found (missing, or empty), so the same command can be
+run again.
+
 `restore` checks every file against the manifest before it writes anything, and only restores
 into an empty (or missing) data directory: it assembles the copy beside the target and renames
 it into place, so a failed restore leaves nothing half-written.
@@ -21,6 +25,7 @@ import hashlib
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,7 +74,30 @@ def backup(appl: Appliance, dest: Path) -> Manifest:
     if dest == appl.config.data_dir.resolve() or appl.config.data_dir.resolve() in dest.parents:
         raise InvalidInput(f"backup destination {dest} is inside the data directory", field="dest")
     started = time.monotonic()
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = _write(appl, dest)
+    except BaseException:
+        _remove_written(dest, created)
+        raise
+    log.info("backup_written", dest=str(dest), files=len(manifest.files), seconds=round(time.monotonic() - started, 3))
+    return manifest
+
+
+def _remove_written(dest: Path, created: bool) -> None:
+    """Put `dest` back as a failed backup found it: gone if it made it, else empty."""
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for p in dest.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _write(appl: Appliance, dest: Path) -> Manifest:
     schema = appl.db.backup_to(dest / "shepherd.sqlite")
     if appl.predlog is not None:
         appl.predlog.flush()
@@ -97,7 +125,6 @@ def backup(appl: Appliance, dest: Path) -> Manifest:
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
     tmp.replace(dest / "manifest.json")
-    log.info("backup_written", dest=str(dest), files=len(files), blobs=len(shas), seconds=round(time.monotonic() - started, 3))
     return manifest
 
 
@@ -105,11 +132,14 @@ def _copy_duckdb(appl: Appliance, target: Path) -> None:
     cur = appl.events.cursor()
     literal = str(target).replace("'", "''")
     (name,) = cur.execute("SELECT current_database()").fetchone()
-    cur.execute(f"ATTACH '{literal}' AS shepherd_backup")
+    # An attached database is the connection's, not the cursor's: a name of its own for each backup,
+    # or a second backup running meanwhile fails to attach.
+    alias = f"shepherd_backup_{uuid.uuid4().hex}"
+    cur.execute(f"ATTACH '{literal}' AS {alias}")
     try:
-        cur.execute(f'COPY FROM DATABASE "{name}" TO shepherd_backup')
+        cur.execute(f'COPY FROM DATABASE "{name}" TO {alias}')
     finally:
-        cur.execute("DETACH shepherd_backup")
+        cur.execute(f"DETACH {alias}")
 
 
 def verify(src: Path) -> Manifest:

@@ -1,0 +1,75 @@
+"""Online backups through the HTTP API, in process: two at the same time, and one that fails halfway."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from shepherd import backup as backup_mod
+from shepherd.appliance import Appliance
+
+
+def _backup(api, token: str, dest: Path):
+    return api.post("/api/v1/admin/backup", json={"dest": str(dest)}, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_two_backups_at_the_same_time_both_complete(api, appliance: Appliance, tokens, make_bundle, tmp_path: Path, monkeypatch):
+    """Each backup attaches its DuckDB copy to the store's one connection. Two copying at the same
+    moment (held there by a barrier) must not collide: both answer 200 and both verify."""
+    appliance.importer.import_file(make_bundle(), actor="t")
+    real = appliance.events.cursor
+    barrier = threading.Barrier(2)
+
+    class Held:
+        """The store's cursor, but a COPY FROM DATABASE waits until the other backup is at its own."""
+
+        def __init__(self, cur):
+            self._cur = cur
+
+        def execute(self, sql, *args):
+            if sql.startswith("COPY FROM DATABASE"):
+                barrier.wait(timeout=20)
+            self._cur.execute(sql, *args)
+            return self
+
+        def __getattr__(self, name):
+            return getattr(self._cur, name)
+
+    monkeypatch.setattr(appliance.events, "cursor", lambda: Held(real()))
+    answers: dict[int, tuple[int, str]] = {}
+
+    def run(i: int) -> None:
+        r = _backup(api, tokens["admin"], tmp_path / f"bk{i}")
+        answers[i] = (r.status_code, r.text)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [answers[i][0] for i in range(2)] == [200, 200], answers
+    for i in range(2):
+        manifest = backup_mod.verify(tmp_path / f"bk{i}")
+        assert {"shepherd.sqlite", "events.duckdb"} <= {f.path for f in manifest.files}
+        assert any(f.path.startswith("blobs/") for f in manifest.files)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dir", "empty-dir"])
+def test_a_backup_that_fails_halfway_leaves_the_destination_as_it_was(api, appliance: Appliance, tokens, tmp_path: Path,
+                                                                      monkeypatch, existing: bool):
+    """A failure after the databases were copied (here: hashing the files for the manifest) removes
+    what the backup wrote, so the destination is as before (missing, or empty) and the same backup
+    can simply be run again."""
+    dest = tmp_path / "bk"
+    if existing:
+        dest.mkdir()
+    real = backup_mod._sha256
+    monkeypatch.setattr(backup_mod, "_sha256", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert _backup(api, tokens["admin"], dest).status_code == 500
+    assert dest.is_dir() == existing
+    assert not existing or list(dest.iterdir()) == []
+    monkeypatch.setattr(backup_mod, "_sha256", real)
+    assert _backup(api, tokens["admin"], dest).status_code == 200
+    assert {"shepherd.sqlite", "events.duckdb"} <= {f.path for f in backup_mod.verify(dest).files}
