@@ -95,7 +95,8 @@ def create_experiment(conn: apsw.Connection, name: str, artifact_location: str |
     )
     exp_id = conn.last_insert_rowid()
     conn.execute("UPDATE experiments SET artifact_location = ? WHERE id = ?", (artifact_location or f"mlflow-artifacts:/{exp_id}", exp_id))
-    conn.executemany("INSERT INTO experiment_tags VALUES (?, ?, ?)", [(exp_id, k, v) for k, v in tags])
+    # a key given twice keeps its last value, as set_experiment_tag and a run's tags do
+    conn.executemany("INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)", [(exp_id, k, v) for k, v in tags])
     return exp_id
 
 

@@ -32,6 +32,13 @@ def m(key: str, value: float, step: int = 0, ts: int = 1) -> dict:
     return {"key": key, "value": value, "timestamp": ts, "step": step}
 
 
+def test_a_tag_key_given_twice_keeps_its_last_value(t):
+    """create_experiment with one key twice (the REST API takes a list) keeps the last value, as
+    setting a tag twice does, instead of failing on the table's key."""
+    exp = t.experiment(t.create_experiment("x", tags=[("a", "1"), ("b", "2"), ("a", "3")]))
+    assert sorted((tag["key"], tag["value"]) for tag in exp.tags) == [("a", "3"), ("b", "2")]
+
+
 def test_default_experiment_exists_and_names_are_unique(t):
     """Experiment '0' (Default) is always there; a second experiment of the same name is RESOURCE_ALREADY_EXISTS."""
     assert t.experiment("0").name == "Default"
