@@ -193,7 +193,7 @@ class MlflowApi:
         exp = self.t.experiment(_req(b, "experiment_id"))
         model_id = f"m-{uuid.uuid4().hex}"
         now = now_ms()
-        params = {p["key"]: str(p.get("value", "")) for p in (b.get("params") or [])}
+        params = dict(_tags(b.get("params"), "params"))
         tags = dict(_tags(b.get("tags")))
         if b.get("source_run_id"):
             self.t.get_run(b["source_run_id"])
@@ -226,22 +226,25 @@ class MlflowApi:
         return {"model": self._logged_model(model_id)}
 
     def set_logged_model_tags(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        model_id = _req(b, "model_id")
-        row = self.db.read(lambda c: store.logged_model(c, model_id))
-        if row is None:
-            raise NotFound(f"Logged model with ID '{model_id}' not found.")
-        tags = msgspec.json.decode(row["tags"]) | dict(_tags(b.get("tags")))
-        self.db.write(lambda c: store.update_logged_model(c, model_id, tags=msgspec.json.encode(tags).decode(), last_updated_time=now_ms()))
+        self._merge_logged_model(_req(b, "model_id"), "tags", dict(_tags(b.get("tags"))), last_updated_time=now_ms())
         return {}
 
     def log_logged_model_params(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
-        model_id = _req(b, "model_id")
-        row = self.db.read(lambda c: store.logged_model(c, model_id))
-        if row is None:
-            raise NotFound(f"Logged model with ID '{model_id}' not found.")
-        params = msgspec.json.decode(row["params"]) | {p["key"]: str(p.get("value", "")) for p in (b.get("params") or [])}
-        self.db.write(lambda c: store.update_logged_model(c, model_id, params=msgspec.json.encode(params).decode()))
+        self._merge_logged_model(_req(b, "model_id"), "params", dict(_tags(b.get("params"), "params")))
         return {}
+
+    def _merge_logged_model(self, model_id: str, column: str, new: dict[str, str], **also: Any) -> None:
+        """Add keys to a logged model's tags or params (a JSON object), read and written in one
+        transaction: two calls at once each keep the other's keys."""
+
+        def tx(c: Any) -> None:
+            row = store.logged_model(c, model_id)
+            if row is None:
+                raise NotFound(f"Logged model with ID '{model_id}' not found.")
+            merged = msgspec.json.decode(row[column]) | new
+            store.update_logged_model(c, model_id, **{column: msgspec.json.encode(merged).decode()}, **also)
+
+        self.db.write(tx)
 
     def delete_logged_model(self, b: dict[str, Any], actor: str) -> dict[str, Any]:
         model_id = _req(b, "model_id")

@@ -191,3 +191,54 @@ def test_artifact_paths_cannot_escape(t, tmp_path):
     for bad in ("../x", "a/../../x", "/etc/passwd"):
         with pytest.raises(InvalidInput):
             t.put_artifact(bad, f)
+
+
+def test_logged_model_tags_and_params_set_at_once_are_all_kept(t):
+    """MLflow's set_logged_model_tags / log_logged_model_params add keys to a JSON object. Calls at
+    the same moment (one thread each, started together) must each keep the other's keys."""
+    import threading
+
+    from shepherd.tracking.mlflow import MlflowApi
+
+    api = MlflowApi(t)
+    model_id = api.create_logged_model({"experiment_id": "0", "name": "m"}, "t")["model"]["info"]["model_id"]
+    rounds = 25
+    barrier = threading.Barrier(4)
+    errors: list[Exception] = []
+
+    def add(kind: str, k: int) -> None:
+        for i in range(rounds):
+            barrier.wait()
+            try:
+                item = [{"key": f"{kind}{k}-{i}", "value": str(i)}]
+                if kind == "tag":
+                    api.set_logged_model_tags({"model_id": model_id, "tags": item}, "t")
+                else:
+                    api.log_logged_model_params({"model_id": model_id, "params": item}, "t")
+            except Exception as err:  # noqa: BLE001 - asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=add, args=(kind, k)) for kind in ("tag", "param") for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    got = api.get_logged_model({"model_id": model_id}, "t")["model"]
+    tags = {x["key"] for x in got["info"]["tags"]}
+    params = {x["key"] for x in got["data"]["params"]}
+    assert tags == {f"tag{k}-{i}" for k in range(2) for i in range(rounds)}
+    assert params == {f"param{k}-{i}" for k in range(2) for i in range(rounds)}
+
+
+def test_logged_model_params_without_a_key_are_refused_naming_the_field(t):
+    from shepherd.tracking.mlflow import MlflowApi
+
+    api = MlflowApi(t)
+    with pytest.raises(InvalidInput) as info:
+        api.create_logged_model({"experiment_id": "0", "params": [{"value": "1"}]}, "t")
+    assert info.value.field == "params[0]"
+    model_id = api.create_logged_model({"experiment_id": "0"}, "t")["model"]["info"]["model_id"]
+    with pytest.raises(InvalidInput) as info:
+        api.log_logged_model_params({"model_id": model_id, "params": [{"value": "1"}]}, "t")
+    assert info.value.field == "params[0]"
