@@ -578,8 +578,11 @@ class Tracker:
             rec, _ = registry.register_version(c, new, actor=actor)
             if run is not None:
                 row = store.run_row(c, run.info.run_id)
-                tag = next((t["value"] for t in run.data["tags"] if t["key"] == "shepherd.registered_versions"), "")
-                value = ",".join(filter(None, [tag, f"{model}/{rec.version}"]))
+                # the tag as it is now, in this transaction: another registration from the run may have added to it
+                tag = c.execute(
+                    "SELECT value FROM run_tags WHERE run_id = ? AND key = 'shepherd.registered_versions'", (row["id"],)
+                ).fetchall()
+                value = ",".join(filter(None, [tag[0][0] if tag else "", f"{model}/{rec.version}"]))
                 c.execute("INSERT OR REPLACE INTO run_tags VALUES (?, 'shepherd.registered_versions', ?)", (row["id"], value))
             return rec
 

@@ -184,6 +184,38 @@ def test_registration_links_run_and_version_both_ways(t, tmp_path):
     assert {x["key"]: x["value"] for x in t.get_run(run).data["tags"]}["shepherd.registered_versions"] == "churn/1"
 
 
+def test_registrations_from_one_run_at_once_are_all_linked_back(t, tmp_path):
+    """Several versions registered from the same run at the same moment: the run's
+    shepherd.registered_versions tag lists every one of them."""
+    import threading
+
+    run = t.create_run("0").info.run_id
+    art = t.get_run(run).info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    f = tmp_path / "MLmodel"
+    f.write_text("flavors: {}\n")
+    t.put_artifact(f"{art}/model/MLmodel", f)
+    names = [f"m{i}" for i in range(4)]
+    barrier = threading.Barrier(len(names))
+    errors: list[Exception] = []
+
+    def register(name: str) -> None:
+        barrier.wait()
+        try:
+            t.register_from_artifacts(name, f"{art}/model", run_id=run, description="", actor="test")
+        except Exception as err:  # noqa: BLE001 - asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in names]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    tag = {x["key"]: x["value"] for x in t.get_run(run).data["tags"]}["shepherd.registered_versions"]
+    assert sorted(tag.split(",")) == [f"{n}/1" for n in names]
+    assert t.registered_versions(run) == [{"model": n, "version": 1} for n in names]
+
+
 def test_artifact_paths_cannot_escape(t, tmp_path):
     """Artifact paths with .. or a leading / are refused."""
     f = tmp_path / "x"
