@@ -5,6 +5,7 @@ from __future__ import annotations
 import apsw
 import msgspec
 
+from shepherd.errors import Conflict
 from shepherd.store import audit, registry
 from shepherd.store.sqlite import one, rows
 
@@ -34,6 +35,12 @@ def list_all(conn: apsw.Connection) -> list[DeploymentRecord]:
 def save(conn: apsw.Connection, new: DeploymentRecord, *, action: str, actor: str) -> DeploymentRecord:
     """Write the slots of a deployment, audit the change, and point the model's `production` alias at primary."""
     before = get(conn, new.name)
+    # Checked here, in the write's own transaction: the loader checked before it spent seconds loading,
+    # and an archive committed meanwhile would otherwise put an archived version in a slot.
+    held = set() if before is None else {before.primary, before.previous, before.candidate}
+    for version in sorted({new.primary, new.previous, new.candidate} - held - {None}):
+        if registry.get_version(conn, new.model, version).archived:
+            raise Conflict(f"model {new.model!r} version {version} is archived; unarchive it before deploying")
     at = audit.now()
     new = msgspec.structs.replace(new, created_at=before.created_at if before else at, updated_at=at)
     conn.execute(

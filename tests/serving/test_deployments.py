@@ -271,6 +271,33 @@ def test_deployed_versions_cannot_be_archived(seeded):
         seeded.db.write(lambda c: registry.set_archived(c, "tiny", 1, True, actor="t"))
 
 
+def test_a_version_archived_while_it_loads_does_not_enter_a_slot(seeded, monkeypatch):
+    """Deploy checks "archived" before it loads, and the load takes seconds: an archive committed
+    meanwhile (the version is in no slot yet, so the archive is allowed) must make the deploy fail
+    with 409, leave the slots as they were, and release what was loaded."""
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+    real = mgr.load_version
+    loaded = []
+
+    def load_then_archive(deployment, model, version):
+        lv = real(deployment, model, version)
+        loaded.append(lv)
+        seeded.db.write(lambda c: registry.set_archived(c, model, version, True, actor="other"))
+        return lv
+
+    monkeypatch.setattr(mgr, "load_version", load_then_archive)
+    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
+    before = seeded.db.read(rows)
+    with pytest.raises(Conflict, match="archived"):
+        run(mgr.deploy("d", "tiny", 2, actor="t"))
+    assert slots(seeded) == {"primary": 1, "previous": None, "candidate": None}
+    assert seeded.db.read(rows) == before
+    assert not loaded[0].acquire()  # closed: it takes no request
+    assert seeded.db.read(lambda c: registry.get_version(c, "tiny", 2)).archived
+
+
 def test_one_appliance_per_data_directory(seeded, config):
     """A second appliance on a data directory in use is refused before it touches anything."""
     from shepherd.errors import ShepherdError
