@@ -68,14 +68,21 @@ def _sha256(path: Path) -> str:
 
 def backup(appl: Appliance, dest: Path) -> Manifest:
     """Write a consistent backup of the running appliance to `dest` (a new or empty directory)."""
-    dest = dest.expanduser().resolve()
-    if dest.exists() and any(dest.iterdir()):
-        raise Conflict(f"backup destination {dest} is not empty")
-    if dest == appl.config.data_dir.resolve() or appl.config.data_dir.resolve() in dest.parents:
-        raise InvalidInput(f"backup destination {dest} is inside the data directory", field="dest")
+    if "\0" in str(dest):
+        raise InvalidInput("backup destination: a path cannot hold a NUL character", field="dest")
+    try:
+        dest = dest.expanduser().resolve()
+        if dest.exists() and not dest.is_dir():
+            raise InvalidInput(f"backup destination {dest} exists and is not a directory", field="dest")
+        if dest.exists() and any(dest.iterdir()):
+            raise Conflict(f"backup destination {dest} is not empty")
+        if dest == appl.config.data_dir.resolve() or appl.config.data_dir.resolve() in dest.parents:
+            raise InvalidInput(f"backup destination {dest} is inside the data directory", field="dest")
+        created = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a name too long, a parent that is a file, no permission
+        raise InvalidInput(f"backup destination {dest}: {err.strerror or err}", field="dest") from None
     started = time.monotonic()
-    created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True)
     try:
         manifest = _write(appl, dest)
     except BaseException:

@@ -54,7 +54,7 @@ class AdminController(Controller):
         actor_name: Annotated[str | None, QueryParameter(name="actor")] = None,
         action: FromQuery[str | None] = None,
         target: FromQuery[str | None] = None,
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[audit.AuditEntry]:
         """Audit entries with id > after, oldest first; filter by actor, action prefix and target."""

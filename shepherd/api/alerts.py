@@ -29,7 +29,7 @@ class AlertsController(Controller):
         deployment: FromQuery[str | None] = None,
         level: FromQuery[Literal["warning", "critical", "emergency"] | None] = None,
         unacknowledged: FromQuery[bool] = False,
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[AlertRecord]:
         """Alerts with id > after, oldest first; filter by deployment, exact level, and unacknowledged only."""

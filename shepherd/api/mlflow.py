@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import structlog
 from litestar import Request, Response, Router, route
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import FromPath
@@ -25,8 +26,9 @@ from litestar.response import File
 from shepherd.api.security import OPERATOR, VIEWER, actor
 from shepherd.appliance import Appliance
 from shepherd.errors import InvalidInput, PayloadTooLarge, ShepherdError
-from shepherd.tracking.mlflow import ROUTES, MlflowApi
+from shepherd.tracking.mlflow import ROUTES, MlflowApi, check_fields
 
+log = structlog.get_logger()
 LIST_FIELDS = {"experiment_ids", "order_by", "run_ids"}
 HTTP_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
               405: "ENDPOINT_NOT_FOUND", 409: "RESOURCE_ALREADY_EXISTS", 413: "INVALID_PARAMETER_VALUE"}
@@ -43,6 +45,7 @@ def _mlflow_error(request: Request, exc: Exception) -> Response:
     elif isinstance(exc, HTTPException):
         status, code, message = exc.status_code, HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR"), str(exc.detail)
     else:
+        log.error("mlflow_request_failed", method=request.method, path=request.url.path, exc_info=exc)
         status, code, message = 500, "INTERNAL_ERROR", "internal error; see the server log"
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response({"error_code": code, "message": message}, status_code=status, headers=headers)
@@ -73,6 +76,7 @@ def _handler(method: str, path: str, name: str, writes: bool, *, public_schema: 
     async def handle(request: Request) -> Response:
         fields = await _fields(request)
         fields.update({k: v for k, v in request.path_params.items()})
+        check_fields(fields)
         who = actor(request)
         api = _api(request)
         fn = getattr(api, name)

@@ -26,6 +26,8 @@ from shepherd.monitoring.predlog import PredictionLog
 from shepherd.store.events import EventStore
 
 MAX_LABELS = 100_000
+MAX_ROW = 2**31 - 1
+"""A row index inside one request (the prediction log stores it as a 32-bit integer)."""
 
 
 class Label(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,8 +78,8 @@ def validate(items: list[Label]) -> None:
             raise InvalidInput("request_id must be 1 to 256 characters", field=f"labels[{i}].request_id")
         if not math.isfinite(item.label):
             raise InvalidInput("label must be a finite number", field=f"labels[{i}].label")
-        if item.row < 0:
-            raise InvalidInput("row must be >= 0", field=f"labels[{i}].row")
+        if not 0 <= item.row <= MAX_ROW:
+            raise InvalidInput(f"row must be 0 to {MAX_ROW}", field=f"labels[{i}].row")
 
 
 def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label]) -> FeedbackResult:

@@ -70,6 +70,8 @@ def _record(row: dict[str, Any]) -> AlertRecord:
 
 
 def get(conn: apsw.Connection, alert_id: int) -> AlertRecord | None:
+    if not 0 < alert_id < 2**63:  # no such id; SQLite cannot even bind one beyond 64 bits
+        return None
     row = one(conn, f"SELECT {_COLS} FROM alerts WHERE id = ?", (alert_id,))
     return _record(row) if row else None
 

@@ -48,8 +48,55 @@ def _tags(items: Any, field: str = "tags") -> list[tuple[str, str]]:
     for i, t in enumerate(items):
         if not isinstance(t, dict) or "key" not in t:
             raise InvalidInput(f"{field}[{i}]: a {{key, value}} object is required", field=f"{field}[{i}]")
-        out.append((t["key"], str(t.get("value", ""))))
+        if not isinstance(t["key"], str) or not t["key"]:
+            raise InvalidInput(f"{field}[{i}].key: a non-empty string is required", field=f"{field}[{i}].key")
+        value = t.get("value", "")
+        if isinstance(value, list | dict):
+            raise InvalidInput(f"{field}[{i}].value: a string is required", field=f"{field}[{i}].value")
+        out.append((t["key"], "" if value is None else str(value)))
     return out
+
+
+# The MLflow protocol's request fields by type, as its protobuf messages declare them. Every handler
+# reads its fields from a raw dict; `check_fields` holds each field a request carries to its type
+# first, so that a number where a name belongs, or a list where a string does, is a 400 naming the
+# field and never reaches SQL or string code. ("value" is a string in tags and params and a number
+# in metrics: the handlers check it.)
+STRING_FIELDS = frozenset({
+    "name", "new_name", "run_id", "run_uuid", "experiment_id", "experiment_name", "key", "metric_key", "alias", "version",
+    "source", "source_run_id", "description", "status", "run_name", "user_id", "artifact_location", "filter", "view_type",
+    "run_view_type", "model_type", "model_id", "page_token",
+})
+INT_FIELDS = frozenset({"start_time", "end_time", "timestamp", "step", "max_results"})
+"""int64 in the protobuf; JSON may carry them as numbers or, as proto3 allows, decimal strings (a GET's query always does)."""
+STRING_LIST_FIELDS = frozenset({"experiment_ids", "order_by", "run_ids"})
+MAX_LIST_ITEMS = 1000
+"""Most items in one of STRING_LIST_FIELDS (an SQL statement holds one variable per experiment id)."""
+
+
+def check_fields(body: dict[str, Any]) -> None:
+    """Refuse, naming it, a request field whose JSON type does not fit MLflow's protocol (None means absent)."""
+    for name, value in body.items():
+        if value is None:
+            continue
+        if name in STRING_FIELDS:
+            if not isinstance(value, str):
+                raise InvalidInput(f"{name}: a string is required (got {type(value).__name__})", field=name)
+        elif name in INT_FIELDS:
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
+                value = int(value)
+            if type(value) is not int or not -(2**63) <= value <= 2**63 - 1:
+                raise InvalidInput(f"{name}: a 64-bit integer is required (got {value!r})", field=name)
+            if name == "max_results" and value < 1:
+                raise InvalidInput(f"max_results: must be at least 1 (got {value})", field=name)
+        elif name in STRING_LIST_FIELDS:
+            if not isinstance(value, list):
+                raise InvalidInput(f"{name}: a list of strings is required", field=name)
+            if len(value) > MAX_LIST_ITEMS:
+                raise InvalidInput(f"{name}: {len(value)} items; the limit is {MAX_LIST_ITEMS}", field=name)
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise InvalidInput(f"{name}[{i}]: a string is required", field=f"{name}[{i}]")
 
 
 def _ms(iso: str) -> int:

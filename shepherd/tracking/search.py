@@ -143,6 +143,11 @@ def _string_cond(column: str, op: str, values: list[str]) -> tuple[str, list[Any
     return f"{column} {op} ({marks})", list(values)
 
 
+MAX_FILTER_CLAUSES = 100
+MAX_FILTER_VALUES = 1000
+"""Bounds of one filter: SQLite refuses deeper expressions and more variables than a few thousand."""
+
+
 def compile_filter(text: str | None) -> tuple[str, list[Any]]:
     """SQL condition over `runs r` for an MLflow filter string ('1' for none)."""
     if text is None or not text.strip():
@@ -199,6 +204,10 @@ def compile_filter(text: str | None) -> tuple[str, list[Any]]:
             clause, args = _clause(kind, key, op, values, tok[1])
             clauses.append(clause)
             params.extend(args)
+        if len(clauses) > MAX_FILTER_CLAUSES or len(params) > MAX_FILTER_VALUES:
+            raise InvalidInput(
+                f"filter: at most {MAX_FILTER_CLAUSES} comparisons and {MAX_FILTER_VALUES} values in all", field="filter"
+            )
         if p.peek() is None:
             break
         if not p.word("AND"):
@@ -276,8 +285,8 @@ def decode_token(token: str | None) -> int:
         return 0
     try:
         offset = json.loads(base64.b64decode(token, validate=True))["offset"]
-        if not isinstance(offset, int) or offset < 0:
+        if type(offset) is not int or not 0 <= offset <= 2**63 - 1:
             raise ValueError
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise InvalidInput(f"invalid page_token {token!r}", field="page_token") from None
     return offset

@@ -36,6 +36,7 @@ from shepherd.tracking import search
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
@@ -320,6 +321,8 @@ class Tracker:
         self, metrics: list[dict[str, Any]], params: list[dict[str, Any]], tags: list[dict[str, Any]]
     ) -> tuple[list[tuple[str, float, int, int]], list[tuple[str, str]], list[tuple[str, str]]]:
         """Check a batch against MLflow's limits and rules; the rows to store, or InvalidInput naming the field."""
+        for name, items in (("metrics", metrics), ("params", params), ("tags", tags)):
+            _objects(items, name)
         if len(metrics) > MAX_METRICS_PER_BATCH:
             raise InvalidInput(f"metrics: {len(metrics)} in one batch; the limit is {MAX_METRICS_PER_BATCH}", field="metrics")
         if len(params) > MAX_PARAMS_TAGS_PER_BATCH:
@@ -367,18 +370,23 @@ class Tracker:
     def _int(value: Any, field: str) -> int:
         try:
             out = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidInput(f"{field}: an integer is required (got {value!r})", field=field) from None
-        if isinstance(value, float) and not value.is_integer():
+        if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
             raise InvalidInput(f"{field}: an integer is required (got {value!r})", field=field)
+        if not INT64_MIN <= out <= INT64_MAX:
+            raise InvalidInput(f"{field}: {out} is outside the 64-bit integer range", field=field)
         return out
 
     @staticmethod
     def _int_id(value: Any, field: str) -> int:
         try:
-            return int(value)
+            out = int(value)
         except (TypeError, ValueError):
             raise InvalidInput(f"{field}: {value!r} is not an id of this server", field=field) from None
+        if not 0 <= out <= INT64_MAX:
+            raise InvalidInput(f"{field}: {value!r} is not an id of this server", field=field)
+        return out
 
     def delete_tag(self, run_id: str, key: str) -> None:
         def tx(c: Any) -> None:
@@ -391,12 +399,20 @@ class Tracker:
 
     def log_inputs(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
         clean = []
-        for i, d in enumerate(datasets):
-            ds = d.get("dataset") or {}
+        for i, d in enumerate(_objects(datasets, "datasets")):
+            ds = d.get("dataset")
+            if not isinstance(ds, dict):
+                raise InvalidInput(f"datasets[{i}].dataset: an object is required", field=f"datasets[{i}].dataset")
             for f in ("name", "digest", "source_type", "source"):
                 if not isinstance(ds.get(f), str):
                     raise InvalidInput(f"datasets[{i}].dataset.{f}: required", field=f"datasets[{i}].dataset.{f}")
-            clean.append({**ds, "tags": d.get("tags") or []})
+            for f in ("schema", "profile"):
+                if ds.get(f) is not None and not isinstance(ds[f], str):
+                    raise InvalidInput(f"datasets[{i}].dataset.{f}: a string is required", field=f"datasets[{i}].dataset.{f}")
+            tags = _objects(d.get("tags") or [], f"datasets[{i}].tags")
+            for j, t in enumerate(tags):
+                _check_key(t.get("key"), f"datasets[{i}].tags[{j}].key")
+            clean.append({**ds, "tags": tags})
 
         def tx(c: Any) -> None:
             row = self._run_row(c, run_id)
@@ -614,6 +630,16 @@ def _encode_cursor(cursor: store.Cursor) -> str:
     return base64.b64encode(msgspec.json.encode({"after": list(cursor)})).decode()
 
 
+def _objects(items: Any, field: str) -> list[dict[str, Any]]:
+    """`items` as a list of JSON objects, or InvalidInput naming the first that is not."""
+    if not isinstance(items, list):
+        raise InvalidInput(f"{field}: a list is required", field=field)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{field}[{i}]: an object is required", field=f"{field}[{i}]")
+    return items
+
+
 def _decode_cursor(token: str | None) -> store.Cursor | None:
     if not token:
         return None
@@ -622,7 +648,7 @@ def _decode_cursor(token: str | None) -> store.Cursor | None:
 
     try:
         after = msgspec.json.decode(base64.b64decode(token, validate=True))["after"]
-        if len(after) != 4 or not all(type(v) is int for v in after[:3]) or type(after[3]) not in (int, float):
+        if len(after) != 4 or not all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in after[:3]) or type(after[3]) not in (int, float):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, msgspec.DecodeError):
         raise InvalidInput(f"invalid page_token {token!r}", field="page_token") from None
