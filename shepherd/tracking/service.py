@@ -346,9 +346,9 @@ class Tracker:
                     raise InvalidInput(f"metrics[{i}].value: a number is required (got {value!r})", field=f"metrics[{i}].value")
                 value = float(value)
             ts, step = m.get("timestamp", now), m.get("step", 0) or 0
-            if type(ts) is not int:
+            if type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
                 ts = self._int(ts, f"metrics[{i}].timestamp")
-            if type(step) is not int:
+            if type(step) is not int or not INT64_MIN <= step <= INT64_MAX:
                 step = self._int(step, f"metrics[{i}].step")
             m_rows.append((key, value, ts, step))
         p_rows = []

@@ -42,6 +42,8 @@ MLFLOW_CASES = [
     ("POST", "runs/update", {"run_id": "RUN", "status": ["x"]}, "status"),
     ("POST", "runs/log-batch", {"run_id": "RUN", "metrics": ["x"]}, "metrics[0]"),
     ("POST", "runs/log-batch", {"run_id": "RUN", "params": [None]}, "params[0]"),
+    ("POST", "runs/log-batch", {"run_id": "RUN", "metrics": [{"key": "k", "value": 1, "timestamp": BEYOND_INT64}]}, "metrics[0].timestamp"),
+    ("POST", "runs/log-batch", {"run_id": "RUN", "metrics": [{"key": "k", "value": 1, "timestamp": 1, "step": -HUGE}]}, "metrics[0].step"),
     ("POST", "runs/log-metric", {"run_id": "RUN", "key": "m", "value": 1.0, "timestamp": 1, "step": BEYOND_INT64}, "step"),
     ("POST", "runs/log-inputs", {"run_id": "RUN", "datasets": [{"dataset": "s"}]}, "datasets[0].dataset"),
     ("POST", "runs/log-inputs", {"run_id": "RUN", "datasets": "abc"}, "datasets"),
