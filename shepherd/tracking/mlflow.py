@@ -25,7 +25,7 @@ from shepherd.errors import InvalidInput, NotFound
 from shepherd.store import registry
 from shepherd.store import tracking as store
 from shepherd.tracking import search
-from shepherd.tracking.service import Tracker, now_ms
+from shepherd.tracking.service import INT64_MAX, INT64_MIN, Tracker, now_ms
 
 Handler = Callable[["MlflowApi", dict[str, Any], str], dict[str, Any]]
 REGISTRY_PREFIX = "registry"
@@ -85,7 +85,7 @@ def check_fields(body: dict[str, Any]) -> None:
         elif name in INT_FIELDS:
             if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
                 value = int(value)
-            if type(value) is not int or not -(2**63) <= value <= 2**63 - 1:
+            if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
                 raise InvalidInput(f"{name}: a 64-bit integer is required (got {value!r})", field=name)
             if name == "max_results" and value < 1:
                 raise InvalidInput(f"max_results: must be at least 1 (got {value})", field=name)
