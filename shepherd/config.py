@@ -271,6 +271,10 @@ def load_policy(policies_dir: Path, deployment: str) -> tuple[Policy, Path | Non
                 raw = tomllib.loads(path.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as err:
                 raise ConfigError(f"{path}: not valid TOML: {err}") from None
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+            except OSError as err:
+                raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
             try:
                 return msgspec.convert(raw, Policy), path
             except msgspec.ValidationError as err:
@@ -344,6 +348,10 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}: file not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:  # a directory, no permission
+        raise ConfigError(f"{p}: cannot be read: {err.strerror or err}") from None
     return parse(raw, source=str(p), base=p.resolve().parent)
 
 

@@ -64,9 +64,13 @@ class Importer:
         self.config = config
         self.tmp = config.data_dir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.limits = limits_of(config)
         # Imports hash and check up to max_bundle_bytes each: run at most this many at once.
         self.limiter = anyio.CapacityLimiter(IMPORT_CONCURRENCY)
+
+    @property
+    def limits(self) -> Limits:
+        """The [bundles] limits as the config holds them now (a reload changes them in place)."""
+        return limits_of(self.config)
 
     def new_upload_path(self) -> Path:
         """A fresh path under tmp/ for an incoming bundle."""
