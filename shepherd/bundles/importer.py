@@ -3,16 +3,20 @@
 Order of steps, and why a SIGKILL at any point leaves a consistent registry:
 1. the upload sits in `tmp/`; 2. it is verified and staged in `tmp/`; 3. each file is moved into
 the blob store (atomic rename); 4. one SQLite transaction registers the version and its files.
-A version exists only once step 4 commits, and then all its blobs exist. Blobs written by an
+A version exists only once step 4 commits, and then all its blobs exist. An import that fails
+(a bad file, a full disk, a database error) deletes the blobs it wrote before it re-raises, unless
+another import in flight holds them or a committed record refers to them. Blobs written by an
 import that died before step 4 are referenced by nothing; `recover()` at start-up deletes them
 and everything under `tmp/`.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
+import threading
 import uuid
 from pathlib import Path
 
@@ -66,6 +70,12 @@ class Importer:
         self.tmp.mkdir(parents=True, exist_ok=True)
         # Imports hash and check up to max_bundle_bytes each: run at most this many at once.
         self.limiter = anyio.CapacityLimiter(IMPORT_CONCURRENCY)
+        # Blobs that imports in flight are storing or rely on, counted per import: a failed import
+        # deletes the blobs it created only when no other import in flight holds them (two bundles may
+        # share a file) and no committed version refers to them. Counting and deleting happen under
+        # the lock, so an import that starts meanwhile either holds the blob first or writes it anew.
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight_lock = threading.Lock()
 
     @property
     def limits(self) -> Limits:
@@ -82,11 +92,19 @@ class Importer:
     def import_file(self, path: Path, *, actor: str) -> tuple[registry.VersionRecord, bool]:
         """Verify and register the bundle at `path`; (record, created). Raises BundleRejected, changing nothing."""
         staging = self.tmp / f"stage-{uuid.uuid4().hex}"
+        held: list[str] = []  # blobs this import counts in _in_flight
+        created: list[str] = []  # blobs this import wrote that were not stored before
         try:
             bundle = self.verify(path, staging)
             crash_point("verified")
+            ordered = sorted(bundle.files.values(), key=lambda f: f.path)
+            with self._in_flight_lock:
+                held = [f.sha256 for f in ordered]
+                self._in_flight.update(held)
             files = []
-            for i, f in enumerate(sorted(bundle.files.values(), key=lambda f: f.path)):
+            for i, f in enumerate(ordered):
+                if not self.blobs.path(f.sha256).is_file():
+                    created.append(f.sha256)
                 self.blobs.put_file(Path(f.staged), f.sha256, move=True)
                 if i == 0:
                     crash_point("first_blob")
@@ -105,15 +123,32 @@ class Importer:
                 manifest=msgspec.to_builtins(bundle.manifest),
                 files=files,
             )
-            record, created = self.db.write(lambda c: registry.register_version(c, new, actor=actor))
+            record, is_new = self.db.write(lambda c: registry.register_version(c, new, actor=actor))
             crash_point("committed")
+        except BaseException:
+            self._release(held, created)
+            raise
+        else:
+            self._release(held, [])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log.info(
-            "bundle_imported" if created else "bundle_already_imported",
+            "bundle_imported" if is_new else "bundle_already_imported",
             model=record.model, version=record.version, digest=bundle.digest, signed_by=bundle.signed_by, actor=actor,
         )
-        return record, created
+        return record, is_new
+
+    def _release(self, held: list[str], created: list[str]) -> None:
+        """Stop holding `held`; delete the blobs of `created` (a failed import's) that nothing else holds or refers to."""
+        with self._in_flight_lock:
+            self._in_flight.subtract(held)
+            self._in_flight += collections.Counter()  # drop the zero counts
+            doomed = [sha for sha in created if not self._in_flight[sha]]
+            if doomed:
+                referenced = self.db.read(registry.referenced_blobs)
+                for sha in doomed:
+                    if sha not in referenced:
+                        self.blobs.path(sha).unlink(missing_ok=True)
 
 
 def recover(db: Database, blobs: BlobStore, tmp: Path) -> None:

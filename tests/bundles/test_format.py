@@ -451,3 +451,38 @@ def test_import_is_idempotent(
     assert other.json()["created"] is True and other.json()["version"]["version"] == 2
     assert other.json()["version"]["bundle_digest"] != first.json()["version"]["bundle_digest"]
 
+
+
+def test_a_failed_import_deletes_the_blobs_it_wrote_and_only_those(
+    appliance: Any, make_bundle: Callable[..., Path], config: config_mod.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When registering fails after the files were moved into the blob store (a full disk, a
+    database error), the import removes the blobs it created before it re-raises, and keeps one that
+    a committed version shares: the data directory is byte for byte as before, with no start-up
+    recovery needed."""
+    import apsw
+
+    from shepherd.bundles import importer as importer_mod
+
+    v1, _ = appliance.importer.import_file(make_bundle("tiny", bias=1.0), actor="t")
+    sharing = make_bundle("other", bias=1.0)
+    staged = appliance.importer.verify(sharing, config.data_dir / "tmp" / "peek")
+    assert {f.sha256 for f in staged.files.values()} & {f.sha256 for f in v1.files}, "the second bundle must share a blob"
+    import shutil
+
+    shutil.rmtree(config.data_dir / "tmp" / "peek")
+    before = snapshot(config.data_dir)
+    real = importer_mod.registry.register_version
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise apsw.FullError("database or disk is full")
+
+    monkeypatch.setattr(importer_mod.registry, "register_version", full)
+    for bundle in (make_bundle("tiny", bias=3.0), sharing):  # new model bytes; then the same model.onnx as v1
+        with pytest.raises(apsw.FullError):
+            appliance.importer.import_file(bundle, actor="t")
+        assert snapshot(config.data_dir) == before
+    monkeypatch.setattr(importer_mod.registry, "register_version", real)
+    record, created = appliance.importer.import_file(make_bundle("tiny", bias=3.0), actor="t")
+    assert created and record.version == 2
+    assert all(appliance.blobs.path(f.sha256).is_file() for f in record.files)
