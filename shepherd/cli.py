@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -21,6 +23,25 @@ from shepherd.errors import ShepherdError
 
 PathArg = click.Path(path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _q(value: Any) -> str:
+    """A value as one segment of a request path: '?', '#', '%' and '/' in names or keys stay inside it."""
+    return quote(str(value), safe="")
+
+
+class _NonEmpty(click.ParamType):
+    """A name, key or id: an empty one would fold the request path and hit another endpoint."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("must not be empty", param, ctx)
+        return value
+
+
+NonEmpty = _NonEmpty()
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -33,12 +54,28 @@ def handle_errors(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ShepherdError as err:
-            _fail(err.message)
+        return _reporting(lambda: fn(*args, **kwargs))
 
     return wrapper
+
+
+def _reporting(call: Callable[[], Any]) -> Any:
+    """Run `call`; an error the user can act on is one line on stderr and exit status 1."""
+    try:
+        return call()
+    except ShepherdError as err:
+        _fail(err.message)
+    except OSError as err:  # a file or directory the command was given: missing, a directory, not writable
+        _fail(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
+    except UnicodeDecodeError as err:
+        _fail(f"input is not UTF-8 text ({err.reason} at byte {err.start})")
+
+
+class _Group(click.Group):
+    """The top-level group: every command's errors are reported as `handle_errors` reports them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _reporting(lambda: super(_Group, self).invoke(ctx))
 
 
 def _print_json(value: Any) -> None:
@@ -89,7 +126,7 @@ def remote_command(group: click.Group, name: str, **kw: Any) -> Callable:
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shepherd")
 def main() -> None:
     """Shepherd: registry, signed offline bundles and model serving for air-gapped servers."""
@@ -131,7 +168,7 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--out", "out_dir", type=PathArg, default=Path("."), show_default=True, help="Directory to write NAME.key and NAME.pub into.")
-@click.option("--name", required=True, help="Key name (file stem).")
+@click.option("--name", required=True, type=click.STRING, callback=lambda ctx, param, v: _key_name(v), help="Key name (file stem).")
 @handle_errors
 def keys_generate(out_dir: Path, name: str) -> None:
     """Write a new key pair: NAME.key (private, 0600; keep it off the appliance) and NAME.pub (copy it to trusted_keys_dir)."""
@@ -218,11 +255,11 @@ def models_list(client: Any, as_json: bool) -> None:
 
 
 @remote_command(models, "versions")
-@click.argument("name")
+@click.argument("name", type=NonEmpty)
 @click.option("--active", is_flag=True, help="Hide archived versions.")
 def models_versions(client: Any, as_json: bool, name: str, active: bool) -> None:
     """List a model's versions."""
-    found = client.request("GET", f"/api/v1/models/{name}/versions", params={"include_archived": str(not active).lower()})
+    found = client.request("GET", f"/api/v1/models/{_q(name)}/versions", params={"include_archived": str(not active).lower()})
     if as_json:
         return _print_json(found)
     for v in found:
@@ -234,31 +271,31 @@ def models_versions(client: Any, as_json: bool, name: str, active: bool) -> None
 
 
 @remote_command(models, "show")
-@click.argument("name")
-@click.argument("ref", default="latest")
+@click.argument("name", type=NonEmpty)
+@click.argument("ref", default="latest", type=NonEmpty)
 def models_show(client: Any, as_json: bool, name: str, ref: str) -> None:
     """Show one version (number or alias; default: the latest) with signature, metrics, lineage and card."""
     if ref == "latest":
-        ref = str(client.request("GET", f"/api/v1/models/{name}")["model"]["latest_version"])
-    _print_json(client.request("GET", f"/api/v1/models/{name}/versions/{ref}"))
+        ref = str(client.request("GET", f"/api/v1/models/{_q(name)}")["model"]["latest_version"])
+    _print_json(client.request("GET", f"/api/v1/models/{_q(name)}/versions/{_q(ref)}"))
 
 
 @remote_command(models, "card")
-@click.argument("name")
-@click.argument("ref")
+@click.argument("name", type=NonEmpty)
+@click.argument("ref", type=NonEmpty)
 @click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
 def models_card(client: Any, as_json: bool, name: str, ref: str, fmt: str) -> None:
     """Render a version's model card as Markdown or HTML."""
-    click.echo(client.request("GET", f"/api/v1/models/{name}/versions/{ref}/card", params={"format": fmt}))
+    click.echo(client.request("GET", f"/api/v1/models/{_q(name)}/versions/{_q(ref)}/card", params={"format": fmt}))
 
 
 @remote_command(models, "archive")
-@click.argument("name")
+@click.argument("name", type=NonEmpty)
 @click.argument("version", type=int)
 @click.option("--undo", is_flag=True, help="Restore an archived version.")
 def models_archive(client: Any, as_json: bool, name: str, version: int, undo: bool) -> None:
     """Archive a version (or restore it with --undo)."""
-    v = client.request("POST", f"/api/v1/models/{name}/versions/{version}/{'unarchive' if undo else 'archive'}")
+    v = client.request("POST", f"/api/v1/models/{_q(name)}/versions/{_q(version)}/{'unarchive' if undo else 'archive'}")
     _print_json(v) if as_json else click.echo(f"{name} version {version}: {'archived' if v['archived'] else 'active'}")
 
 
@@ -269,30 +306,30 @@ def alias() -> None:
 
 
 @remote_command(alias, "set")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
+@click.argument("name", type=NonEmpty)
+@click.argument("alias_name", metavar="ALIAS", type=NonEmpty)
 @click.argument("version", type=int)
 def alias_set(client: Any, as_json: bool, name: str, alias_name: str, version: int) -> None:
     """Point ALIAS of model NAME at VERSION."""
-    ch = client.request("PUT", f"/api/v1/models/{name}/aliases/{alias_name}", json={"version": version})
+    ch = client.request("PUT", f"/api/v1/models/{_q(name)}/aliases/{_q(alias_name)}", json={"version": version})
     _print_json(ch) if as_json else click.echo(f"{name}@{alias_name}: {ch['from_version']} -> {ch['to_version']}")
 
 
 @remote_command(alias, "delete")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
+@click.argument("name", type=NonEmpty)
+@click.argument("alias_name", metavar="ALIAS", type=NonEmpty)
 def alias_delete(client: Any, as_json: bool, name: str, alias_name: str) -> None:
     """Remove ALIAS from model NAME."""
-    ch = client.request("DELETE", f"/api/v1/models/{name}/aliases/{alias_name}")
+    ch = client.request("DELETE", f"/api/v1/models/{_q(name)}/aliases/{_q(alias_name)}")
     _print_json(ch) if as_json else click.echo(f"{name}@{alias_name}: removed (was {ch['from_version']})")
 
 
 @remote_command(alias, "history")
-@click.argument("name")
+@click.argument("name", type=NonEmpty)
 @click.argument("alias_name", metavar="[ALIAS]", required=False)
 def alias_history(client: Any, as_json: bool, name: str, alias_name: str | None) -> None:
     """Show every move of the model's aliases, oldest first."""
-    found = client.request("GET", f"/api/v1/models/{name}/aliases", params={"alias": alias_name} if alias_name else {})
+    found = client.request("GET", f"/api/v1/models/{_q(name)}/aliases", params={"alias": alias_name} if alias_name else {})
     _print_json(found) if as_json else _print_table(found, ["at", "alias", "from_version", "to_version", "actor"])
 
 
@@ -303,23 +340,23 @@ def tag() -> None:
 
 
 @remote_command(tag, "set")
-@click.argument("name")
+@click.argument("name", type=NonEmpty)
 @click.argument("version", type=int)
-@click.argument("key")
+@click.argument("key", type=NonEmpty)
 @click.argument("value")
 def tag_set(client: Any, as_json: bool, name: str, version: int, key: str, value: str) -> None:
     """Set tag KEY=VALUE on a version."""
-    v = client.request("PUT", f"/api/v1/models/{name}/versions/{version}/tags/{key}", json={"value": value})
+    v = client.request("PUT", f"/api/v1/models/{_q(name)}/versions/{_q(version)}/tags/{_q(key)}", json={"value": value})
     _print_json(v) if as_json else click.echo(f"{name} version {version}: {key}={value}")
 
 
 @remote_command(tag, "delete")
-@click.argument("name")
+@click.argument("name", type=NonEmpty)
 @click.argument("version", type=int)
-@click.argument("key")
+@click.argument("key", type=NonEmpty)
 def tag_delete(client: Any, as_json: bool, name: str, version: int, key: str) -> None:
     """Remove tag KEY from a version."""
-    v = client.request("DELETE", f"/api/v1/models/{name}/versions/{version}/tags/{key}")
+    v = client.request("DELETE", f"/api/v1/models/{_q(name)}/versions/{_q(version)}/tags/{_q(key)}")
     _print_json(v) if as_json else click.echo(f"{name} version {version}: {key} removed")
 
 
@@ -349,44 +386,44 @@ def _print_slots(rec: dict[str, Any]) -> None:
 
 
 @remote_command(main, "deploy")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.argument("model")
 @click.argument("version", type=int)
 def deploy_cmd(client: Any, as_json: bool, deployment: str, model: str, version: int) -> None:
     """Load and warm MODEL VERSION into the candidate slot of DEPLOYMENT (no traffic until promoted)."""
-    rec = client.request("POST", f"/api/v1/deployments/{deployment}/deploy", json={"model": model, "version": version})
+    rec = client.request("POST", f"/api/v1/deployments/{_q(deployment)}/deploy", json={"model": model, "version": version})
     _print_json(rec) if as_json else _print_slots(rec)
 
 
 @remote_command(main, "promote")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 def promote_cmd(client: Any, as_json: bool, deployment: str) -> None:
     """Make the candidate primary; the old primary becomes previous."""
-    rec = client.request("POST", f"/api/v1/deployments/{deployment}/promote")
+    rec = client.request("POST", f"/api/v1/deployments/{_q(deployment)}/promote")
     _print_json(rec) if as_json else _print_slots(rec)
 
 
 @remote_command(main, "rollback")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 def rollback_cmd(client: Any, as_json: bool, deployment: str) -> None:
     """Swap primary and previous at once (no load while previous is warm)."""
-    rec = client.request("POST", f"/api/v1/deployments/{deployment}/rollback")
+    rec = client.request("POST", f"/api/v1/deployments/{_q(deployment)}/rollback")
     _print_json(rec) if as_json else _print_slots(rec)
 
 
 @remote_command(main, "undeploy")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 def undeploy_cmd(client: Any, as_json: bool, deployment: str) -> None:
     """Remove DEPLOYMENT; its versions are released after in-flight requests finish."""
-    rec = client.request("DELETE", f"/api/v1/deployments/{deployment}")
+    rec = client.request("DELETE", f"/api/v1/deployments/{_q(deployment)}")
     _print_json(rec) if as_json else click.echo(f"{deployment}: removed")
 
 
 @remote_command(main, "deployments")
-@click.argument("deployment", required=False)
+@click.argument("deployment", required=False, type=NonEmpty)
 def deployments_cmd(client: Any, as_json: bool, deployment: str | None) -> None:
     """List deployments (or show one) with each slot's version, providers and in-flight requests."""
-    found = client.request("GET", f"/api/v1/deployments/{deployment}" if deployment else "/api/v1/deployments")
+    found = client.request("GET", f"/api/v1/deployments/{_q(deployment)}" if deployment else "/api/v1/deployments")
     found = [found] if deployment else found
     if as_json:
         return _print_json(found)
@@ -444,7 +481,7 @@ def token_list(config_path: Path | None) -> None:
 
 
 @token.command("revoke")
-@click.argument("token_id")
+@click.argument("token_id", type=NonEmpty)
 @config_option
 @handle_errors
 def token_revoke(token_id: str, config_path: Path | None) -> None:
@@ -511,7 +548,7 @@ def alerts_list(client: Any, as_json: bool, deployment: str | None, level: str |
 @click.argument("alert_id", metavar="ID", type=int)
 def alerts_ack(client: Any, as_json: bool, alert_id: int) -> None:
     """Acknowledge alert ID (operator token); the next occurrence of its incident raises a new alert."""
-    a = client.request("POST", f"/api/v1/alerts/{alert_id}/ack")
+    a = client.request("POST", f"/api/v1/alerts/{_q(alert_id)}/ack")
     _print_json(a) if as_json else click.echo(f"alert {a['id']} ({a['level']}, {a['deployment']}/{a['kind']}) acknowledged by {a['acknowledged_by']}")
 
 
@@ -531,14 +568,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 @remote_command(main, "drift")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.option("--from", "start", help="ISO 8601 start (windows that ended at or after it).")
 @click.option("--to", "end", help="ISO 8601 end (exclusive).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Most windows, newest first.")
 @click.option("--features/--no-features", default=True, show_default=True, help="Per-feature results of the newest window.")
 def drift(client: Any, as_json: bool, deployment: str, start: str | None, end: str | None, limit: int, features: bool) -> None:
     """Drift windows of DEPLOYMENT, newest first, and the per-feature results of the newest (viewer token)."""
-    windows = client.request("GET", f"/api/v1/deployments/{deployment}/drift", params=_time_params(start, end, limit=limit))
+    windows = client.request("GET", f"/api/v1/deployments/{_q(deployment)}/drift", params=_time_params(start, end, limit=limit))
     if as_json:
         return _print_json(windows)
     rows = [
@@ -557,12 +594,12 @@ def drift(client: Any, as_json: bool, deployment: str, start: str | None, end: s
 
 
 @remote_command(main, "performance")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.option("--from", "start", help="ISO 8601 start of the history.")
 @click.option("--to", "end", help="ISO 8601 end of the history (exclusive).")
 def performance_cmd(client: Any, as_json: bool, deployment: str, start: str | None, end: str | None) -> None:
     """Model performance of DEPLOYMENT from ground truth, per version, against its bundle baseline (viewer token)."""
-    found = client.request("GET", f"/api/v1/deployments/{deployment}/performance", params=_time_params(start, end))
+    found = client.request("GET", f"/api/v1/deployments/{_q(deployment)}/performance", params=_time_params(start, end))
     if as_json:
         return _print_json(found)
     rows = []
@@ -589,12 +626,11 @@ def feedback_cmd(client: Any, as_json: bool, source: Any, request_id: str | None
         if request_id is not None or label is not None:
             raise ShepherdError("give either SOURCE or --id/--label, not both")
         text = source.read()
-        try:
-            items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise ShepherdError(f"{source.name}: not JSON or JSON lines ({err})") from None
+        items = _json_items(text, source.name)
         body: dict[str, Any] = {"labels": items}
     elif request_id is not None and label is not None:
+        if not math.isfinite(label):
+            raise ShepherdError(f"--label: a finite number is required (got {label})")
         body = {"request_id": request_id, "label": label, "row": row}
     else:
         raise ShepherdError("give SOURCE, or both --id and --label")
@@ -608,17 +644,47 @@ def feedback_cmd(client: Any, as_json: bool, source: Any, request_id: str | None
         sys.exit(3)
 
 
+def _key_name(value: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\0" in value or len(value) > 200:
+        raise click.BadParameter("a file stem: 1-200 characters, no '/'", param_hint="'--name'")
+    return value
+
+
+def _json_items(text: str, name: str) -> list[Any]:
+    """A JSON array, or JSON lines, read strictly: NaN and Infinity are not JSON, and a bad line is named."""
+
+    def finite(token: str) -> float:
+        raise ValueError(f"{token} is not a number JSON can carry")
+
+    def load(part: str, where: str) -> Any:
+        try:
+            return json.loads(part, parse_constant=finite, parse_float=lambda t: _finite_float(t))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ShepherdError(f"{name}{where}: not JSON ({err})") from None
+
+    if text.lstrip().startswith("["):
+        return load(text, "")
+    return [load(line, f" line {i}") for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} is out of range")
+    return value
+
+
 @main.group("reference")
 def reference_group() -> None:
     """Reference profiles that drift is measured against."""
 
 
 @remote_command(reference_group, "show")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.option("--version", type=click.IntRange(1), help="Version (default: the deployment's primary).")
 def reference_show(client: Any, as_json: bool, deployment: str, version: int | None) -> None:
     """Where a version's reference came from, its size and features (viewer token)."""
-    info = client.request("GET", f"/api/v1/deployments/{deployment}/reference", params={"version": version} if version else {})
+    info = client.request("GET", f"/api/v1/deployments/{_q(deployment)}/reference", params={"version": version} if version else {})
     if as_json:
         return _print_json(info)
     click.echo(f"{info['model']} version {info['version']}: {info['source']} reference of {info['rows']} rows, by {info['actor']} at {info['created_at']}")
@@ -627,13 +693,13 @@ def reference_show(client: Any, as_json: bool, deployment: str, version: int | N
 
 
 @remote_command(reference_group, "adopt")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.option("--rows", type=click.IntRange(2), required=True, help="How many of the version's first logged rows to adopt.")
 @click.option("--version", type=click.IntRange(1), help="Version (default: the deployment's primary).")
 def reference_adopt(client: Any, as_json: bool, deployment: str, rows: int, version: int | None) -> None:
     """Adopt a version's first logged rows as its reference, for a version shipped without one (operator token; audited)."""
     body: dict[str, Any] = {"rows": rows} | ({"version": version} if version else {})
-    info = client.request("POST", f"/api/v1/deployments/{deployment}/reference", json=body)
+    info = client.request("POST", f"/api/v1/deployments/{_q(deployment)}/reference", json=body)
     _print_json(info) if as_json else click.echo(f"{info['model']} version {info['version']}: adopted {info['rows']} rows as reference")
 
 
@@ -643,13 +709,13 @@ def predictions_group() -> None:
 
 
 @remote_command(predictions_group, "export")
-@click.argument("deployment")
+@click.argument("deployment", type=NonEmpty)
 @click.argument("dest", type=PathArg)
 @click.option("--from", "start", help="ISO 8601 start (inclusive).")
 @click.option("--to", "end", help="ISO 8601 end (exclusive).")
 def predictions_export(client: Any, as_json: bool, deployment: str, dest: Path, start: str | None, end: str | None) -> None:
     """Write DEPLOYMENT's logged predictions (with any labels) in a time range to DEST as Parquet (operator token)."""
-    headers = client.download(f"/api/v1/deployments/{deployment}/predictions", dest, params=_time_params(start, end))
+    headers = client.download(f"/api/v1/deployments/{_q(deployment)}/predictions", dest, params=_time_params(start, end))
     rows = headers.get("x-rows", "?")
     _print_json({"path": str(dest), "rows": int(rows)}) if as_json else click.echo(f"wrote {rows} rows to {dest}")
 
@@ -750,10 +816,10 @@ def runs_list(
 
 
 @remote_command(runs_group, "show")
-@click.argument("run_id")
+@click.argument("run_id", type=NonEmpty)
 def runs_show(client: Any, as_json: bool, run_id: str) -> None:
     """One run: status, params, latest metrics, tags, datasets and registered versions (viewer token)."""
-    r = client.request("GET", f"/api/v1/runs/{run_id}")
+    r = client.request("GET", f"/api/v1/runs/{_q(run_id)}")
     if as_json:
         return _print_json(r)
     i = r["info"]
@@ -786,12 +852,12 @@ def runs_compare(client: Any, as_json: bool, run_ids: tuple[str, ...]) -> None:
 
 
 @remote_command(runs_group, "history")
-@click.argument("run_id")
-@click.argument("key")
+@click.argument("run_id", type=NonEmpty)
+@click.argument("key", type=NonEmpty)
 @click.option("--limit", type=click.IntRange(1, 25_000), default=1000, show_default=True)
 def runs_history(client: Any, as_json: bool, run_id: str, key: str, limit: int) -> None:
     """A metric's history (step, time, value), one page (viewer token)."""
-    found = client.request("GET", f"/api/v1/runs/{run_id}/metrics/{key}", params={"limit": limit})
+    found = client.request("GET", f"/api/v1/runs/{_q(run_id)}/metrics/{_q(key)}", params={"limit": limit})
     if as_json:
         return _print_json(found)
     _print_table([{**m, "value": _fmt(m["value"], 8)} for m in found["metrics"]], ["step", "timestamp", "value"])

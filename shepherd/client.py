@@ -24,9 +24,17 @@ class RemoteError(ShepherdError):
 
 class Client:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        if token and not (token.strip().isascii() and token.strip().isprintable()):
+            raise ShepherdError("--token (SHEPHERD_TOKEN): a token is printable ASCII; this one is not")
         headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        try:
+            parsed = httpx.URL(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise httpx.InvalidURL("expected http(s)://HOST[:PORT]")
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as err:
+            raise ShepherdError(f"--url (SHEPHERD_URL) {url!r}: not a server URL ({err})") from None
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -36,13 +44,12 @@ class Client:
         except httpx.HTTPError as err:
             raise ShepherdError(f"request to {self.url}{path} failed: {err}") from None
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-                raise RemoteError(resp.status_code, body.get("error") or body.get("message") or resp.text, body.get("code", ""))
-            except ValueError:
-                raise RemoteError(resp.status_code, resp.text or resp.reason_phrase) from None
+            raise _remote_error(resp)
         if resp.headers.get("content-type", "").startswith("application/json"):
-            return resp.json()
+            try:
+                return resp.json()
+            except ValueError:
+                raise ShepherdError(f"{self.url}{path} answered with JSON that does not parse: is --url a Shepherd server?") from None
         return resp.text
 
     def download(self, path: str, dest: Path, **kw: Any) -> dict[str, str]:
@@ -52,21 +59,17 @@ class Client:
             with self.http.stream("GET", path, **kw) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    try:
-                        body = resp.json()
-                        raise RemoteError(resp.status_code, body.get("error") or resp.text, body.get("code", ""))
-                    except ValueError:
-                        raise RemoteError(resp.status_code, resp.text or resp.reason_phrase) from None
+                    raise _remote_error(resp)
                 with open(tmp, "wb") as f:
                     for chunk in resp.iter_bytes(1024 * 1024):
                         f.write(chunk)
                 headers = dict(resp.headers)
+            tmp.replace(dest)
         except httpx.ConnectError:
             raise ShepherdError(f"cannot reach Shepherd at {self.url}: is it running? (set --url or SHEPHERD_URL)") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        tmp.replace(dest)
         return headers
 
     def upload(self, path: str, file: Path) -> Any:
@@ -77,3 +80,15 @@ class Client:
 
         headers = {"Content-Type": "application/x-tar", "Content-Length": str(file.stat().st_size)}
         return self.request("POST", path, content=chunks(), headers=headers)
+
+
+def _remote_error(resp: httpx.Response) -> RemoteError:
+    """The error a server answered with: Shepherd's JSON `error` (or MLflow's `message`), else the start of the body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error") or body.get("message"), str):
+        return RemoteError(resp.status_code, body.get("error") or body.get("message"), str(body.get("code", "")))
+    text = " ".join((resp.text or resp.reason_phrase).split())
+    return RemoteError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}: {text[:200]}" if text else f"HTTP {resp.status_code}")

@@ -1,0 +1,83 @@
+"""The CLI answers bad input with one line naming what is wrong, never a traceback (found by trying every command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from shepherd import cli
+from shepherd.client import Client
+
+
+def _run(*args: str, stdin: str | None = None):
+    result = CliRunner().invoke(cli.main, list(args), input=stdin)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.fixture
+def paths(monkeypatch) -> list[str]:
+    """Requests the CLI would send: (method and) path, answered with an empty object."""
+    sent: list[str] = []
+
+    def fake(self: Client, method: str, path: str, **kw: Any) -> Any:
+        sent.append(path)
+        return {"model": {"latest_version": 1}, "accepted": 1, "replaced": 0, "unknown": []}
+
+    monkeypatch.setattr(Client, "request", fake)
+    return sent
+
+
+def test_names_and_keys_stay_one_path_segment(paths):
+    """'?', '#', '%' and '/' inside a name or key are escaped: they cannot end the path early or reach another endpoint."""
+    _run("models", "show", "a?b=c", "1", "--json")
+    _run("tag", "delete", "m#x", "1", "team/owner", "--json")
+    assert paths == ["/api/v1/models/a%3Fb%3Dc/versions/1", "/api/v1/models/m%23x/versions/1/tags/team%2Fowner"]
+
+
+@pytest.mark.parametrize("args", [["models", "show", ""], ["deployments", " "], ["promote", ""], ["runs", "show", ""]])
+def test_an_empty_name_is_refused_naming_the_argument(paths, args):
+    r = _run(*args)
+    assert r.exit_code == 2 and "must not be empty" in r.output, r.output
+    assert paths == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models", "list", "--url", "http://[::1"], "--url"),
+        (["models", "list", "--url", "notaurl"], "--url"),
+        (["models", "list", "--token", "tok\u00e9n"], "--token"),
+        (["feedback", "--id", "r", "--label", "nan"], "--label"),
+    ],
+)
+def test_bad_options_are_one_line_naming_the_option(args, message):
+    r = _run(*args)
+    assert r.exit_code == 1 and r.output.startswith("error: ") and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_bad_feedback_file_names_its_line_and_refuses_nan(paths, tmp_path: Path):
+    f = tmp_path / "labels.jsonl"
+    f.write_text('{"request_id": "a", "label": 1}\n{"request_id": "b", "label": NaN}\n')
+    r = _run("feedback", str(f))
+    assert r.exit_code == 1 and "line 2" in r.output and "NaN" in r.output, r.output
+    f.write_bytes(b'{"request_id": "a", "label": 1}\n\xff\n')
+    r = _run("feedback", str(f))
+    assert r.exit_code == 1 and "UTF-8" in r.output, r.output
+    assert paths == []
+
+
+def test_file_system_errors_are_one_line_naming_the_path(tmp_path: Path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    r = _run("keys", "generate", "--out", str(afile), "--name", "k")
+    assert r.exit_code == 1 and r.output.startswith("error: ") and str(afile) in r.output, r.output
+    for name in ("", "../escape", "a/b"):
+        r = _run("keys", "generate", "--out", str(tmp_path), "--name", name)
+        assert r.exit_code == 2 and "--name" in r.output, r.output
+    r = _run("check-config", str(tmp_path))
+    assert r.exit_code == 2 and "cannot be read" in r.output, r.output
