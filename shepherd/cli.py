@@ -49,16 +49,6 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Print a ShepherdError as one line on stderr and exit 1, instead of a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _reporting(lambda: fn(*args, **kwargs))
-
-    return wrapper
-
-
 def _reporting(call: Callable[[], Any]) -> Any:
     """Run `call`; an error the user can act on is one line on stderr and exit status 1."""
     try:
@@ -72,7 +62,7 @@ def _reporting(call: Callable[[], Any]) -> Any:
 
 
 class _Group(click.Group):
-    """The top-level group: every command's errors are reported as `handle_errors` reports them."""
+    """The top-level group: it reports the errors of every command below it (`_reporting`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         return _reporting(lambda: super(_Group, self).invoke(ctx))
@@ -117,7 +107,7 @@ def remote_command(group: click.Group, name: str, **kw: Any) -> Callable:
         def wrapper(url: str, token: str | None, as_json: bool, **kwargs: Any) -> Any:
             from shepherd.client import Client
 
-            return handle_errors(fn)(Client(url, token), as_json, **kwargs)
+            return fn(Client(url, token), as_json, **kwargs)
 
         for opt in reversed(remote):
             wrapper = opt(wrapper)
@@ -168,8 +158,7 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--out", "out_dir", type=PathArg, default=Path("."), show_default=True, help="Directory to write NAME.key and NAME.pub into.")
-@click.option("--name", required=True, type=click.STRING, callback=lambda ctx, param, v: _key_name(v), help="Key name (file stem).")
-@handle_errors
+@click.option("--name", required=True, callback=lambda ctx, param, v: _key_name(v), help="Key name (file stem).")
 def keys_generate(out_dir: Path, name: str) -> None:
     """Write a new key pair: NAME.key (private, 0600; keep it off the appliance) and NAME.pub (copy it to trusted_keys_dir)."""
     from shepherd.bundles import signing
@@ -191,7 +180,6 @@ def bundle() -> None:
 @click.option("--reference", type=ExistingFile, help="Optional reference.parquet: a training-data sample, the drift baseline.")
 @click.option("--sign-key", type=ExistingFile, help="Ed25519 private key (PEM) to sign the manifest with.")
 @click.option("-o", "--out", required=True, type=PathArg, help="Bundle file to write.")
-@handle_errors
 def bundle_create(model: Path, metadata: Path, reference: Path | None, sign_key: Path | None, out: Path) -> None:
     """Build a bundle file from an ONNX model and a metadata file."""
     from shepherd.bundles.create import create
@@ -204,7 +192,6 @@ def bundle_create(model: Path, metadata: Path, reference: Path | None, sign_key:
 @click.argument("file", type=ExistingFile)
 @click.option("--trusted-keys", type=click.Path(file_okay=False, path_type=Path), help="Directory of trusted *.pub keys (default: the config's bundles.trusted_keys_dir).")
 @config_option
-@handle_errors
 def bundle_verify(file: Path, trusted_keys: Path | None, config_path: Path | None) -> None:
     """Check a bundle with every rule the server applies on import; change nothing."""
     from shepherd.bundles.importer import verify_bundle
@@ -451,7 +438,6 @@ def _local_db(config_path: Path | None) -> Any:
 @click.option("--role", required=True, type=click.Choice(["viewer", "operator", "admin"]))
 @click.option("--name", default=None, help="Who or what uses the token (default: ROLE-token).")
 @config_option
-@handle_errors
 def token_create(role: str, name: str | None, config_path: Path | None) -> None:
     """Create a token and print it once; only its hash is stored."""
     from shepherd.auth import create_token
@@ -467,7 +453,6 @@ def token_create(role: str, name: str | None, config_path: Path | None) -> None:
 
 @token.command("list")
 @config_option
-@handle_errors
 def token_list(config_path: Path | None) -> None:
     """List tokens (never their secrets)."""
     from shepherd.store import tokens as token_store
@@ -483,7 +468,6 @@ def token_list(config_path: Path | None) -> None:
 @token.command("revoke")
 @click.argument("token_id", type=NonEmpty)
 @config_option
-@handle_errors
 def token_revoke(token_id: str, config_path: Path | None) -> None:
     """Revoke a token by id (a running server stops accepting it within auth.token_cache_seconds)."""
     from shepherd.auth import Authenticator
@@ -653,18 +637,20 @@ def _key_name(value: str) -> str:
 def _json_items(text: str, name: str) -> list[Any]:
     """A JSON array, or JSON lines, read strictly: NaN and Infinity are not JSON, and a bad line is named."""
 
-    def finite(token: str) -> float:
-        raise ValueError(f"{token} is not a number JSON can carry")
-
     def load(part: str, where: str) -> Any:
         try:
-            return json.loads(part, parse_constant=finite, parse_float=lambda t: _finite_float(t))
+            return json.loads(part, parse_constant=_not_json, parse_float=_finite_float)
         except (json.JSONDecodeError, ValueError) as err:
             raise ShepherdError(f"{name}{where}: not JSON ({err})") from None
 
     if text.lstrip().startswith("["):
         return load(text, "")
     return [load(line, f" line {i}") for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _not_json(token: str) -> float:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers."""
+    raise ValueError(f"{token} is not a number JSON can carry")
 
 
 def _finite_float(token: str) -> float:
@@ -745,7 +731,6 @@ def backup_cmd(client: Any, as_json: bool, dest: Path) -> None:
 @main.command("restore")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @config_option
-@handle_errors
 def restore_cmd(src: Path, config_path: Path | None) -> None:
     """Check backup SRC against its manifest, then restore it into the (empty) data directory of the config (server stopped)."""
     from shepherd import backup as backup_mod
