@@ -267,14 +267,7 @@ def load_policy(policies_dir: Path, deployment: str) -> tuple[Policy, Path | Non
     for name in (f"{deployment}.toml", "default.toml"):
         path = policies_dir / name
         if path.is_file():
-            try:
-                raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(f"{path}: not valid TOML: {err}") from None
-            except UnicodeDecodeError as err:
-                raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-            except OSError as err:
-                raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+            raw = _read_toml(path)
             try:
                 return msgspec.convert(raw, Policy), path
             except msgspec.ValidationError as err:
@@ -342,8 +335,13 @@ def load(path: str | Path | None) -> Config:
     if path is None:
         return parse({}, source="defaults")
     p = Path(path)
+    return parse(_read_toml(p), source=str(p), base=p.resolve().parent)
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    """A TOML file's document, or ConfigError naming the file and why it cannot be read."""
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: file not found") from None
     except tomllib.TOMLDecodeError as err:
@@ -352,7 +350,6 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:  # a directory, no permission
         raise ConfigError(f"{p}: cannot be read: {err.strerror or err}") from None
-    return parse(raw, source=str(p), base=p.resolve().parent)
 
 
 def field_docs(struct: type[msgspec.Struct] = Config, prefix: str = "") -> dict[str, str]:
