@@ -36,6 +36,7 @@ import structlog
 from shepherd import __version__
 from shepherd.errors import Conflict, InvalidInput
 from shepherd.store import registry
+from shepherd.store.blobs import empty_dir
 
 if TYPE_CHECKING:
     from shepherd.appliance import Appliance
@@ -96,12 +97,8 @@ def _remove_written(dest: Path, created: bool) -> None:
     """Put `dest` back as a failed backup found it: gone if it made it, else empty."""
     if created:
         shutil.rmtree(dest, ignore_errors=True)
-        return
-    for p in dest.iterdir():
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    else:
+        empty_dir(dest)
 
 
 def _write(appl: Appliance, dest: Path) -> Manifest:

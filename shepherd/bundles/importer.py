@@ -28,7 +28,7 @@ from shepherd.bundles import signing
 from shepherd.bundles.reader import Limits, VerifiedBundle, read_bundle
 from shepherd.config import Config
 from shepherd.store import registry
-from shepherd.store.blobs import BlobStore
+from shepherd.store.blobs import BlobStore, empty_dir
 from shepherd.store.sqlite import Database
 
 log = structlog.get_logger()
@@ -154,6 +154,5 @@ class Importer:
 def recover(db: Database, blobs: BlobStore, tmp: Path) -> None:
     """Start-up recovery after a crash: drop half-done uploads and blobs no version refers to."""
     if tmp.is_dir():
-        for p in tmp.iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        empty_dir(tmp)
     blobs.collect_garbage(db.read(registry.referenced_blobs))
