@@ -129,6 +129,30 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def at_once(work: Callable[[int, int], object], workers: int, rounds: int = 1) -> list[Exception]:
+    """Call work(worker, round) from `workers` threads, each round begun by all of them together (a
+    barrier), for races between writers; returns the exceptions the calls raised."""
+    import threading
+
+    barrier = threading.Barrier(workers)
+    errors: list[Exception] = []
+
+    def run(worker: int) -> None:
+        for i in range(rounds):
+            barrier.wait()
+            try:
+                work(worker, i)
+            except Exception as err:  # noqa: BLE001 - returned to the test, which asserts on them
+                errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def snapshot(data_dir: Path) -> dict[str, object]:
     """Registry tables and blob files, for byte-for-byte comparisons before and after a failed change."""
     import apsw

@@ -15,6 +15,7 @@ from shepherd.monitoring import predlog as predlog_mod
 from shepherd.monitoring.predlog import PredictionLog
 from shepherd.serving.codec import request_rows
 from shepherd.store.events import EventStore, RecentPredictions
+from tests.conftest import at_once
 
 SIG = {
     "inputs": [
@@ -441,26 +442,14 @@ def test_labels_sent_twice_at_once_are_both_taken(store: EventStore):
     """Two writes of the same new (request_id, row) at the same moment (a client resending while its
     first send is in flight): DuckDB's optimistic transactions would fail one of them; the store
     takes both, one after the other, so one inserts, the other replaces, and one of the labels stays."""
-    import threading
     from datetime import UTC, datetime
 
-    rounds, errors, replaced = 40, [], [[0] * 40 for _ in range(2)]
-    barrier = threading.Barrier(2)
+    rounds, replaced = 40, [[0] * 40 for _ in range(2)]
 
-    def send(k: int) -> None:
-        for i in range(rounds):
-            barrier.wait()
-            try:
-                replaced[k][i] = store.upsert_feedback([(f"r{i}", 0)], [float(k)], datetime.now(UTC))
-            except Exception as err:  # noqa: BLE001 - collected and asserted below
-                errors.append(err)
+    def send(k: int, i: int) -> None:
+        replaced[k][i] = store.upsert_feedback([(f"r{i}", 0)], [float(k)], datetime.now(UTC))
 
-    threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(send, 2, rounds) == []
     assert all(replaced[0][i] + replaced[1][i] == 1 for i in range(rounds))
     rows = dict(store.cursor().execute("SELECT request_id, label FROM feedback").fetchall())
     assert set(rows) == {f"r{i}" for i in range(rounds)} and set(rows.values()) <= {0.0, 1.0}
@@ -489,26 +478,14 @@ def test_a_failed_commit_reports_its_own_error(store: EventStore):
 def test_a_reference_is_stored_once_when_two_arrive_at_once(store: EventStore):
     """Two saves of the same version's reference at the same moment (the monitor and a request both
     profiling the bundle): one is stored, the other is told so, and neither fails."""
-    import threading
     from datetime import UTC, datetime
 
-    rounds, errors, stored = 20, [], [[None] * 20 for _ in range(2)]
-    barrier = threading.Barrier(2)
+    rounds, stored = 20, [[None] * 20 for _ in range(2)]
 
-    def save(k: int) -> None:
-        for v in range(rounds):
-            barrier.wait()
-            try:
-                stored[k][v] = store.save_reference("m", v, "bundle", 10, f"actor{k}", bytes([k]), datetime.now(UTC))
-            except Exception as err:  # noqa: BLE001 - collected and asserted below
-                errors.append(err)
+    def save(k: int, v: int) -> None:
+        stored[k][v] = store.save_reference("m", v, "bundle", 10, f"actor{k}", bytes([k]), datetime.now(UTC))
 
-    threads = [threading.Thread(target=save, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(save, 2, rounds) == []
     for v in range(rounds):
         assert sorted([stored[0][v], stored[1][v]]) == [False, True]
         winner = 0 if stored[0][v] else 1

@@ -13,6 +13,7 @@ from shepherd.store.blobs import BlobStore
 from shepherd.store.schema import MIGRATIONS
 from shepherd.store.sqlite import Database
 from shepherd.tracking.service import Tracker
+from tests.conftest import at_once
 
 
 def snapshot(db: Database) -> dict[str, list]:
@@ -187,30 +188,17 @@ def test_registration_links_run_and_version_both_ways(t, tmp_path):
 def test_registrations_from_one_run_at_once_are_all_linked_back(t, tmp_path):
     """Several versions registered from the same run at the same moment: the run's
     shepherd.registered_versions tag lists every one of them."""
-    import threading
-
     run = t.create_run("0").info.run_id
     art = t.get_run(run).info.artifact_uri.removeprefix("mlflow-artifacts:/")
     f = tmp_path / "MLmodel"
     f.write_text("flavors: {}\n")
     t.put_artifact(f"{art}/model/MLmodel", f)
     names = [f"m{i}" for i in range(4)]
-    barrier = threading.Barrier(len(names))
-    errors: list[Exception] = []
 
-    def register(name: str) -> None:
-        barrier.wait()
-        try:
-            t.register_from_artifacts(name, f"{art}/model", run_id=run, description="", actor="test")
-        except Exception as err:  # noqa: BLE001 - asserted below
-            errors.append(err)
+    def register(worker: int, _: int) -> None:
+        t.register_from_artifacts(names[worker], f"{art}/model", run_id=run, description="", actor="test")
 
-    threads = [threading.Thread(target=register, args=(n,)) for n in names]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
+    assert at_once(register, len(names)) == []
     tag = {x["key"]: x["value"] for x in t.get_run(run).data["tags"]}["shepherd.registered_versions"]
     assert sorted(tag.split(",")) == [f"{n}/1" for n in names]
     assert t.registered_versions(run) == [{"model": n, "version": 1} for n in names]
@@ -228,34 +216,21 @@ def test_artifact_paths_cannot_escape(t, tmp_path):
 def test_logged_model_tags_and_params_set_at_once_are_all_kept(t):
     """MLflow's set_logged_model_tags / log_logged_model_params add keys to a JSON object. Calls at
     the same moment (one thread each, started together) must each keep the other's keys."""
-    import threading
-
     from shepherd.tracking.mlflow import MlflowApi
 
     api = MlflowApi(t)
     model_id = api.create_logged_model({"experiment_id": "0", "name": "m"}, "t")["model"]["info"]["model_id"]
     rounds = 25
-    barrier = threading.Barrier(4)
-    errors: list[Exception] = []
 
-    def add(kind: str, k: int) -> None:
-        for i in range(rounds):
-            barrier.wait()
-            try:
-                item = [{"key": f"{kind}{k}-{i}", "value": str(i)}]
-                if kind == "tag":
-                    api.set_logged_model_tags({"model_id": model_id, "tags": item}, "t")
-                else:
-                    api.log_logged_model_params({"model_id": model_id, "params": item}, "t")
-            except Exception as err:  # noqa: BLE001 - asserted below
-                errors.append(err)
+    def add(worker: int, i: int) -> None:  # workers 0-1 set tags, 2-3 log params
+        kind, k = ("tag", "param")[worker // 2], worker % 2
+        item = [{"key": f"{kind}{k}-{i}", "value": str(i)}]
+        if kind == "tag":
+            api.set_logged_model_tags({"model_id": model_id, "tags": item}, "t")
+        else:
+            api.log_logged_model_params({"model_id": model_id, "params": item}, "t")
 
-    threads = [threading.Thread(target=add, args=(kind, k)) for kind in ("tag", "param") for k in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
+    assert at_once(add, 4, rounds) == []
     got = api.get_logged_model({"model_id": model_id}, "t")["model"]
     tags = {x["key"] for x in got["info"]["tags"]}
     params = {x["key"] for x in got["data"]["params"]}
