@@ -5,7 +5,10 @@ Rules it keeps:
   warm-up leaves every slot exactly as it was;
 - promote and rollback build a new SlotSet and assign it in one reference change, then persist;
   a version that leaves every slot is released only after its in-flight requests drain;
-- the SQLite record and the registry's `production` alias follow each change, in one transaction.
+- the SQLite record and the registry's `production` alias follow each change, in one transaction;
+- a caller cancelled mid-operation (a client gone, shutdown) does not split memory from the
+  database: a slot write already on the writer thread is followed to its end, and a version loaded
+  for an operation that goes no further is released.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import asyncio
 import functools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -33,6 +37,7 @@ from shepherd.store.blobs import BlobStore, sha256_file
 from shepherd.store.sqlite import Database
 
 log = structlog.get_logger()
+T = TypeVar("T")
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
@@ -180,23 +185,52 @@ class DeploymentManager:
                 v.retire(self.config.serving.drain_timeout_s)
 
     async def _swap(self, dep: Deployment, new: SlotSet, action: str, actor: str, began: float) -> store.DeploymentRecord:
-        """Assign `new` (one reference change), persist it, and release what left; undo on a failed write."""
+        """Assign `new` (one reference change), persist it, and release what left; undo on a failed write.
+
+        Once the write is on the writer thread it cannot be called back, so a caller cancelled
+        meanwhile (a client gone, shutdown) waits for it, and the slots end as the database says;
+        the cancellation is raised after. After the commit nothing raises: a failure there
+        (metrics, releasing the old version) is logged, since raising would make the caller release a
+        version that the slots and the database hold.
+        """
         old = dep.slots
         dep.slots = new
         effective = time.perf_counter() - began
+        write, cancelled = await _settle(self._persist(dep, new, action, actor))
         try:
-            rec = await self._persist(dep, new, action, actor)
+            rec = write.result()
         except BaseException:
             dep.slots = old
             raise
         durable = time.perf_counter() - began
-        kind = action.rpartition(".")[2]
-        self.metrics.swap_seconds.labels(dep.name, kind, "effective").set(effective)
-        self.metrics.swap_seconds.labels(dep.name, kind, "durable").set(durable)
-        self._retire(old, new)
-        self._label(dep)
+        try:
+            kind = action.rpartition(".")[2]
+            self.metrics.swap_seconds.labels(dep.name, kind, "effective").set(effective)
+            self.metrics.swap_seconds.labels(dep.name, kind, "durable").set(durable)
+            self._retire(old, new)
+            self._label(dep)
+        except Exception:
+            log.exception("swap_aftermath_failed", deployment=dep.name, action=action)
         log.info("slots_swapped", deployment=dep.name, action=action, effective_us=round(effective * 1e6, 1), durable_ms=round(durable * 1e3, 3), **new.versions())
+        if cancelled:
+            raise asyncio.CancelledError
         return rec
+
+    async def _load(self, name: str, model: str, version: int) -> LoadedVersion:
+        """`load_version` on a worker thread. A cancellation does not stop the thread, so a caller
+        cancelled meanwhile leaves the version to be released as soon as its load ends."""
+        loading = asyncio.ensure_future(anyio.to_thread.run_sync(self.load_version, name, model, version))
+        try:
+            return await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            loading.add_done_callback(_close_loaded)
+            raise
+
+    @staticmethod
+    def _release_unless_serving(dep: Deployment | None, loaded: LoadedVersion) -> None:
+        """Release a version an operation loaded, unless a slot took it (its swap committed)."""
+        if dep is None or all(v is not loaded for v in dep.slots.loaded()):
+            loaded.close_now()
 
     async def deploy(self, name: str, model: str, version: int, *, actor: str) -> store.DeploymentRecord:
         """Load and warm `model` `version` into the candidate slot of `name` (created if new)."""
@@ -206,25 +240,27 @@ class DeploymentManager:
         if current is not None and current.model != model:
             raise Conflict(f"deployment {name!r} serves model {current.model!r}, not {model!r}")
         # Load and warm outside the lock (minutes for a TensorRT build), so a rollback never waits on it.
-        loaded = await anyio.to_thread.run_sync(self.load_version, name, model, version)
-        async with self._lock(name):
-            dep = self.deployments.get(name)
-            if dep is not None and dep.model != model:
-                loaded.close_now()
-                raise Conflict(f"deployment {name!r} serves model {dep.model!r}, not {model!r}")
-            began = time.perf_counter()
-            fresh = dep is None
-            dep = dep or Deployment(name, model)
-            try:
+        loaded = await self._load(name, model, version)
+        dep: Deployment | None = None
+        try:
+            async with self._lock(name):
+                dep = self.deployments.get(name)
+                if dep is not None and dep.model != model:
+                    raise Conflict(f"deployment {name!r} serves model {dep.model!r}, not {model!r}")
+                began = time.perf_counter()
+                fresh = dep is None
+                dep = dep or Deployment(name, model)
                 if fresh:
                     self.deployments[name] = dep
-                rec = await self._swap(dep, dep.slots._replace(candidate=Slot(version, loaded)), "deployment.deploy", actor, began)
-            except BaseException:
-                if fresh:
-                    self.deployments.pop(name, None)
-                loaded.close_now()
-                raise
-            return rec
+                try:
+                    return await self._swap(dep, dep.slots._replace(candidate=Slot(version, loaded)), "deployment.deploy", actor, began)
+                except BaseException:
+                    if fresh and not any(dep.slots):  # the swap did not take: no empty deployment stays behind
+                        self.deployments.pop(name, None)
+                    raise
+        except BaseException:
+            self._release_unless_serving(dep, loaded)
+            raise
 
     async def promote(self, name: str, *, actor: str) -> store.DeploymentRecord:
         """candidate -> primary, primary -> previous (kept warm unless serving.keep_previous_warm = false)."""
@@ -251,7 +287,7 @@ class DeploymentManager:
                 raise Conflict(f"deployment {name!r} has no previous version to roll back to")
             previous, fresh = old.previous, None
             if previous.loaded is None:
-                fresh = await anyio.to_thread.run_sync(self.load_version, name, dep.model, previous.version)
+                fresh = await self._load(name, dep.model, previous.version)
                 previous = Slot(previous.version, fresh)
             demoted = old.primary
             if demoted is not None and not self.config.serving.keep_previous_warm:
@@ -260,17 +296,21 @@ class DeploymentManager:
                 return await self._swap(dep, SlotSet(primary=previous, previous=demoted, candidate=old.candidate), "deployment.rollback", actor, began)
             except BaseException:
                 if fresh is not None:
-                    fresh.close_now()
+                    self._release_unless_serving(dep, fresh)
                 raise
 
     async def undeploy(self, name: str, *, actor: str) -> store.DeploymentRecord:
-        """Remove the deployment; its versions are released after they drain."""
+        """Remove the deployment; its versions are released after they drain. Like a swap, it
+        follows its write to the end even when the caller is cancelled meanwhile."""
         async with self._lock(name):
             dep = self.get(name)
-            rec = await self.db.awrite(lambda c: store.delete(c, name, actor=actor))
+            write, cancelled = await _settle(self.db.awrite(lambda c: store.delete(c, name, actor=actor)))
+            rec = write.result()
             del self.deployments[name]
             self._retire(dep.slots, SlotSet())
             log.info("deployment_removed", deployment=name)
+            if cancelled:
+                raise asyncio.CancelledError
             assert rec is not None
             return rec
 
@@ -290,3 +330,23 @@ class DeploymentManager:
             loaded = ", ".join(str(s.version) for s in slots if s is not None and s.loaded is not None) or "none"
             raise NotFound(f"version {version} of {name!r} is not loaded (loaded versions: {loaded})")
         return found
+
+
+async def _settle(write: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+    """Run `write` (a SQLite write, which cannot be called back once on the writer thread) to its
+    end even if the caller is cancelled meanwhile; returns it, done, and whether the caller was
+    cancelled, for the caller to make memory follow the outcome before it raises the cancellation."""
+    task = asyncio.ensure_future(write)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # cancelling this wait leaves the task running
+        except asyncio.CancelledError:
+            cancelled = True
+    return task, cancelled
+
+
+def _close_loaded(loading: asyncio.Future) -> None:
+    """Release the version whose load a cancelled caller left behind, once that load ends (it may also have failed)."""
+    if not loading.cancelled() and loading.exception() is None:
+        loading.result().close_now()

@@ -371,3 +371,109 @@ def test_lone_request_runs_inline_without_yielding_when_the_server_says_so(seede
     assert steps(lambda: 2) == 1
     assert steps(None) == 1
     assert lv.stats.success_count == 3
+
+
+def test_a_swap_cancelled_during_its_write_ends_as_the_database_says(seeded, monkeypatch):
+    """A promote whose caller is cancelled (client gone, shutdown) while the slot write is on the
+    writer thread: the write cannot be called back and commits, so the swap must complete as well.
+    Memory then agrees with the database (a restart serves what ran before it), the displaced
+    version stays warm as previous, and the caller still sees its cancellation."""
+    import threading
+
+    from shepherd.deploy import manager
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+    run(mgr.deploy("d", "tiny", 2, actor="t"))
+    entered, gate = threading.Event(), threading.Event()
+    real_save = manager.store.save
+
+    def slow_save(*args, **kwargs):
+        entered.set()
+        gate.wait(10)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(manager.store, "save", slow_save)
+
+    async def scenario():
+        promoting = asyncio.create_task(mgr.promote("d", actor="t"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        promoting.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await promoting
+
+    run(scenario())
+    assert slots(seeded) == {"primary": 2, "previous": 1, "candidate": None}
+    assert seeded.db.read(lambda c: registry.resolve(c, "tiny", "production")).version == 2
+    record = seeded.db.read(lambda c: list(c.execute("SELECT primary_version, previous_version, candidate_version FROM deployments")))
+    assert record == [(2, 1, None)]
+    previous = mgr.get("d").slots.previous.loaded
+    assert previous.acquire()  # still warm: a rollback loads nothing
+    previous.release()
+    assert mgr.route("d")[1].version == 2
+
+
+def test_an_error_after_the_slot_write_keeps_the_committed_swap(seeded, monkeypatch):
+    """Once the slot write has committed, a failure in what follows (metrics, releasing the old
+    version) is logged, not raised: raising would make deploy close a version the database and
+    the slots still hold."""
+    mgr = seeded.deployments
+
+    def broken(dep):
+        raise RuntimeError("metrics are broken")
+
+    monkeypatch.setattr(mgr, "_label", broken)
+    rec = run(mgr.deploy("d", "tiny", 1, actor="t"))
+    assert rec.candidate == 1
+    assert slots(seeded) == {"primary": None, "previous": None, "candidate": 1}
+    candidate = mgr.route("d", 1)[1]
+    assert candidate.acquire()  # not closed behind the slots' back
+    candidate.release()
+
+
+def test_a_deploy_cancelled_while_it_loads_releases_what_it_loaded(seeded, monkeypatch):
+    """The load runs on a worker thread that cannot be called back: a deploy cancelled meanwhile
+    must release the version once the load ends (its session, batcher thread and memory), and
+    change no slot and no record."""
+    import threading
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+    entered, gate = threading.Event(), threading.Event()
+    real = mgr.load_version
+    loaded = []
+
+    def slow_load(deployment, model, version):
+        entered.set()
+        gate.wait(10)
+        lv = real(deployment, model, version)
+        loaded.append(lv)
+        return lv
+
+    monkeypatch.setattr(mgr, "load_version", slow_load)
+    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
+    before = seeded.db.read(rows)
+
+    async def scenario():
+        deploying = asyncio.create_task(mgr.deploy("d", "tiny", 2, actor="t"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        deploying.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await deploying
+        for _ in range(200):  # the load ends on its thread after the cancellation reached the caller
+            if loaded and not loaded[0].batcher._thread.is_alive():
+                break
+            await asyncio.sleep(0.05)
+
+    run(scenario())
+    assert slots(seeded) == {"primary": 1, "previous": None, "candidate": None}
+    assert seeded.db.read(rows) == before
+    assert len(loaded) == 1
+    assert not loaded[0].acquire()  # released
+    assert not loaded[0].batcher._thread.is_alive()
