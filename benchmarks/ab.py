@@ -1,7 +1,7 @@
 """Shepherd against itself: configurations compared with several server processes each, interleaved.
 
     .venv/bin/python benchmarks/ab.py [--variant NAME=SETTINGS ...] [--processes 3] [--rounds 4]
-                                     [--seconds 8] [--concurrency 8,32] [--pin]
+                                     [--seconds 8] [--concurrency 8,32] [--pin] [--client-slice-us 100]
 
 A diagnostic with no peer (benchmarks/README.md, "Shepherd against itself"). On the 2-vCPU
 benchmark VMs two identically configured servers differ by up to 15% in throughput, and the
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=30.0,
                     help="before each measurement, wait up to this many seconds for other processes to go quiet (default 30)")
     ap.add_argument("--pin", action="store_true", help="pin every server to CPU 0 and wrk to CPU 1, as serving.py --pin")
+    ap.add_argument("--client-slice-us", type=int, default=0, help="run wrk with this CPU time slice, as serving.py --client-slice-us")
     args = ap.parse_args(argv)
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     if len({name for name, _, _ in variants}) != len(variants):
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if (os.cpu_count() or 1) < 2:
             ap.error("--pin needs at least 2 CPUs")
         cpus = {0}
-        serving._client_prefix[:] = ["taskset", "-c", "1"]
+    client_note = serving.set_client(args.pin, args.client_slice_us)
 
     servers: list[tuple[str, int, serving.Target]] = []
     with tempfile.TemporaryDirectory(prefix="shepherd-ab-") as tmp_name:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     serving.start_shepherd(t, assets, serving_lines, extra, pythonpath=trees.get(name))
             print(f"{len(servers)} servers up: {args.processes} per variant; {args.rounds} rounds, wrk 1 thread, "
                   f"{args.warmup:g} s warmup + {args.seconds:g} s, concurrency {concurrencies}"
-                  + ("; servers pinned to CPU 0, wrk to CPU 1" if cpus else "") + "\n", flush=True)
+                  + ("; servers pinned to CPU 0, wrk to CPU 1" if cpus else "") + client_note + "\n", flush=True)
             # rps / p99 / cpu [name][c]: a (rounds, processes) array each
             rps, p99, cpu = ({name: {c: np.zeros((args.rounds, args.processes)) for c in concurrencies} for name, _, _ in variants}
                              for _ in range(3))

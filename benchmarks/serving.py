@@ -1,7 +1,7 @@
 """Shepherd vs Seldon MLServer serving the same ONNX model, in one run on one machine.
 
     .venv/bin/python benchmarks/serving.py [--seconds 10] [--warmup 2] [--concurrency 1,8,32,64]
-                                          [--rounds 2] [--pin] [--targets shepherd,mlserver,echo]
+                                          [--rounds 2] [--pin] [--client-slice-us 100] [--targets shepherd,mlserver,echo]
 
 The model is a small tabular classifier: StandardScaler + LogisticRegression on scikit-learn's
 bundled breast-cancer data (30 features), converted with skl2onnx (no ZipMap, opset 17). Every
@@ -28,6 +28,9 @@ the order rotating every round:
 Load: wrk (`apt-get install wrk`), 1 thread, keep-alive, a Lua script for the POST body and
 headers, `--warmup` seconds unmeasured and then `--seconds` measured per target per
 concurrency. Non-2xx responses and socket errors are counted; a run with any is flagged.
+`--client-slice-us` starts wrk with a short CPU time slice (Linux 6.12+), so that where wrk shares
+the machine's CPUs with the server, its own wake-ups do not wait out the server's background
+work; `--pin` gives it a CPU of its own instead.
 Ratios are medians of the per-round paired ratios (same round, same concurrency). For Shepherd
 it also reads its batcher histograms from /metrics (rows per batch, queue wait, run time).
 
@@ -432,7 +435,24 @@ def children_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-_client_prefix: list[str] = []  # ["taskset", "-c", "1"] under --pin
+_client_prefix: list[str] = []  # set by set_client(): taskset under --pin, the slice wrapper under --client-slice-us
+_SLICE_EXEC = "import os, sys; from shepherd import sched; sched.set_thread_slice(int(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])"
+
+
+def set_client(pin: bool, slice_us: int) -> str:
+    """Set how wrk is started; returns the words for the report. `pin`: on CPU 1 alone. `slice_us`:
+    with that time slice (shepherd.sched), so that on a machine where the client shares the CPUs
+    with the server, the client's own wake-ups do not wait out the server's background bursts
+    (benchmarks/README.md, "The client's share of the one-connection p99")."""
+    _client_prefix[:] = ["taskset", "-c", "1"] if pin else []
+    if not slice_us:
+        return ""
+    from shepherd import sched
+
+    if sched.thread_slice_us() is None:
+        raise SystemExit("--client-slice-us: this kernel has no per-thread time slice (Linux 6.12 or later is needed)")
+    _client_prefix.extend([sys.executable, "-c", _SLICE_EXEC, str(slice_us)])
+    return f"; wrk at a {slice_us} µs time slice"
 
 
 def lua_script(path: Path, t: Target, bodies: list[bytes]) -> Path:
@@ -659,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="request rows: the model's 171 held-out rows in turn (default), or one row repeated, which makes "
                          "every drift window drift (the monitor's worst case)")
     ap.add_argument("--pin", action="store_true", help="pin each server (and the ORT floor) to CPU 0 and wrk to CPU 1")
+    ap.add_argument("--client-slice-us", type=int, default=0,
+                    help="run wrk with this CPU time slice (Linux 6.12+; 0: the kernel's default): the client's wake-ups "
+                         "then preempt the servers' background work instead of waiting out its bursts")
     ap.add_argument("--max-other-cpu", type=float, default=0.10,
                     help="flag a measurement during which other processes used more than this many CPU-s/s (default 0.10)")
     ap.add_argument("--quiet-wait", type=float, default=180.0,
@@ -679,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         if (os.cpu_count() or 1) < 2:
             ap.error("--pin needs at least 2 CPUs")
         cpus = {0}
-        _client_prefix[:] = ["taskset", "-c", "1"]
+    client_note = set_client(args.pin, args.client_slice_us)
 
     raw: list[dict] = []
     results: dict[tuple[str, int], list[Result]] = {}
@@ -696,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in machine_info(assets, wrk_v):
             print(line)
         print(f"load: wrk 1 thread, concurrency {concurrencies}, {args.warmup:g}s warmup + {args.seconds:g}s per target per "
-              f"concurrency, {args.rounds} round(s)" + ("; servers pinned to CPU 0, wrk to CPU 1" if args.pin else "; no CPU pinning") + "\n",
+              f"concurrency, {args.rounds} round(s)" + ("; servers pinned to CPU 0, wrk to CPU 1" if args.pin else "; no CPU pinning") + client_note + "\n",
               flush=True)
 
         bodies = [infer_body(row) for row in assets.rows]

@@ -1,6 +1,7 @@
 """How long a task that wakes on a CPU waits behind a CPU-bound task there, by the busy task's policy.
 
     .venv/bin/python benchmarks/wakeup.py [--duty 0.15] [--seconds 6] [--policies none,normal,nice,idle,batch]
+                                         [--slice-us 100]
 
 A diagnostic with no peer (benchmarks/README.md, "Background work and the one-connection p99").
 It asks what a lower priority buys the prediction log's flusher and the drift kernels on this
@@ -12,6 +13,10 @@ machine's kernel, without Shepherd in the way:
 - a burner process on CPU 0 sorts arrays for `duty` of every 100 ms (in bursts, as a flush does)
   under the policy measured: `none` (no burner), `normal`, `nice` (nice 19), `idle` (SCHED_IDLE)
   or `batch` (SCHED_BATCH).
+
+`--slice-us` gives the responder that CPU time slice (`shepherd.sched`, Linux 6.12+), as Shepherd
+gives its event loop (`serving.request_slice_us`): the other side of the question, what a short
+slice for the woken task buys whatever the busy task's policy.
 
 It prints the wake-up latency's p50, p99, p99.9 and maximum, and how many wake-ups waited over 1 ms.
 """
@@ -46,8 +51,12 @@ def burner(policy: str, duty: float) -> None:
         time.sleep(0.1 * (1 - duty))
 
 
-def responder(fd: int, out: mp.connection.Connection) -> None:
+def responder(fd: int, out: mp.connection.Connection, slice_us: int) -> None:
     os.sched_setaffinity(0, {0})
+    if slice_us:
+        from shepherd import sched
+
+        sched.set_thread_slice(slice_us)
     waits = []
     while True:
         data = os.read(fd, 8)
@@ -60,11 +69,11 @@ def responder(fd: int, out: mp.connection.Connection) -> None:
     out.send(waits)
 
 
-def measure(policy: str, duty: float, seconds: float) -> np.ndarray:
+def measure(policy: str, duty: float, seconds: float, slice_us: int = 0) -> np.ndarray:
     """Wake-up latencies in µs with a burner of `policy` beside the responder on CPU 0."""
     r, w = os.pipe()
     mine, theirs = mp.Pipe()
-    resp = mp.Process(target=responder, args=(r, theirs))
+    resp = mp.Process(target=responder, args=(r, theirs, slice_us))
     resp.start()
     burn = mp.Process(target=burner, args=(policy, duty), daemon=True) if policy != "none" else None
     if burn:
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duty", type=float, default=0.15, help="share of every 100 ms the burner is busy (default 0.15)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per policy (default 6)")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma list from {', '.join(POLICIES)}")
+    ap.add_argument("--slice-us", type=int, default=0, help="the responder's CPU time slice in µs (Linux 6.12+; default 0: the kernel's)")
     args = ap.parse_args(argv)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if bad := set(policies) - set(POLICIES):
@@ -105,11 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--duty must be between 0 and 1")
     if (os.cpu_count() or 1) < 2:
         ap.error("needs at least 2 CPUs")
-    print(f"kernel {os.uname().release}; burner busy {args.duty:.0%} of every 100 ms; {args.seconds:g} s per policy\n")
+    if args.slice_us:
+        from shepherd import sched
+
+        if sched.thread_slice_us() is None:
+            ap.error("--slice-us: this kernel has no per-thread time slice (Linux 6.12 or later is needed)")
+    slice_note = f"; responder at a {args.slice_us} µs slice" if args.slice_us else ""
+    print(f"kernel {os.uname().release}; burner busy {args.duty:.0%} of every 100 ms; {args.seconds:g} s per policy{slice_note}\n")
     print("| burner policy | wake-ups | p50 µs | p99 µs | p99.9 µs | max µs | over 1 ms |")
     print("|---------------|----------|--------|--------|----------|--------|-----------|")
     for policy in policies:
-        w = measure(policy, args.duty, args.seconds)
+        w = measure(policy, args.duty, args.seconds, args.slice_us)
         print(f"| {policy:<13} | {len(w):8,} | {np.percentile(w, 50):6.1f} | {np.percentile(w, 99):6.1f} | "
               f"{np.percentile(w, 99.9):8.1f} | {w.max():6.0f} | {int((w > 1000).sum()):9,} |", flush=True)
     return 0

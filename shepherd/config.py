@@ -92,6 +92,8 @@ class ServingConfig(Section, kw_only=True):
     """Requests waiting per slot beyond which new ones are refused at once with 503."""
     inline_max_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
     """Models whose warm-up median is at most this many microseconds run on the event loop instead of the batcher thread (0: never): a lone request at once, requests arriving together as one merged loop batch. The thread hand-off costs the event loop more CPU than such a model; served runs are slower than warm-up (cold caches), so a version goes back to the thread for 30 s only when its runs on the loop mostly compute (CPU time) for longer than 10x this, or stall for longer than 100x (the median, in two rounds of 64 in a row)."""
+    request_slice_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 100
+    """CPU time slice, in microseconds, that the threads answering requests (the event loop, each version's batcher worker) ask Linux for (0: the kernel's default). On Linux 6.12 and later a thread that wakes with a shorter slice than the running one preempts it at once, so a request does not wait out a burst of background work (a prediction-log flush, a drift pass) on its CPU; the kernel clamps it to 100..100,000. Older kernels and other systems ignore it. Applied at start."""
     request_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
     """A request not answered within this time gets 504; if it has not started running it is dropped from the queue."""
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0

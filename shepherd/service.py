@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from shepherd import sched
 from shepherd.errors import ShepherdError
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ def run(cfg: Config, config_path: Path | None, imports: Sequence[Path], actor: s
             watcher = ConfigWatcher(appliance, server)
         settle_heap()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        # The event loop runs on this thread from here on. Threads started before (the flusher, the
+        # monitor, the stores' writers) keep the default slice; those the loop starts inherit this one.
+        sched.request_path(cfg.serving.request_slice_us, "event-loop")
         # uvicorn drains on SIGTERM, then restores the previous handler and re-raises the signal.
         # With the default handler that would kill the process before `finally` flushes the
         # prediction log and closes the stores; this one turns it into a clean exit 0.

@@ -179,6 +179,7 @@ sections = st.fixed_dictionaries(
                 "max_queue_delay_us": st.integers(0, 10_000_000),
                 "max_queue_size": st.integers(1, 1_000_000),
                 "inline_max_us": st.integers(0, 1000),
+                "request_slice_us": st.integers(0, 100_000),
                 "request_timeout_ms": st.integers(1, 3_600_000),
                 "drain_timeout_s": st.floats(0, 3600),
             }

@@ -87,7 +87,7 @@ class DeploymentManager:
         session.warm_up()
         batcher = Batcher(
             session, max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us, max_queue_size=cfg.max_queue_size,
-            inline_max_us=cfg.inline_max_us,
+            inline_max_us=cfg.inline_max_us, slice_us=cfg.request_slice_us,
         )
         seconds = time.perf_counter() - started
         log.info("version_loaded", deployment=deployment, model=model, version=version, providers=session.providers, seconds=round(seconds, 4))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from shepherd import sched
 from shepherd.errors import ShepherdError
 from shepherd.serving.codec import request_rows
 from shepherd.serving.engine import ModelSession
@@ -112,6 +113,7 @@ class Batcher:
         max_queue_delay_us: int,
         max_queue_size: int,
         inline_max_us: int = 0,
+        slice_us: int = 0,
         observe: Callable[[list[Pending], float, float, int], None] | None = None,
         record: Callable[[list[Pending], dict[str, np.ndarray], dict[str, np.ndarray], float], None] | None = None,
     ) -> None:
@@ -144,6 +146,7 @@ class Batcher:
         # Loop batches: requests to an inline model that arrive together, run as one batch by a
         # callback on their event loop (see submit).
         self._loop_batch: list[Pending] = []
+        self.slice_us = slice_us  # the worker's time slice (shepherd.sched): it wakes for each batch
         self._thread = threading.Thread(target=self._work, name=f"batcher:{session.label}", daemon=True)
         self._thread.start()
 
@@ -248,6 +251,7 @@ class Batcher:
         return self.queue.get(timeout=timeout) if timeout is None or timeout > 0 else self.queue.get_nowait()
 
     def _work(self) -> None:
+        sched.request_path(self.slice_us, self._thread.name)
         while True:
             first = self._next(None)
             if first is _STOP:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import httpx
 from click.testing import CliRunner
 
+from shepherd import sched
 from shepherd.cli import main
 from tests.e2e.conftest import SHEPHERD, admin_token
 
@@ -26,6 +28,11 @@ def test_serve_health_schema_and_registry_via_cli(server_config, start_server, m
     assert httpx.get(srv.url + "/v2/health/ready").json() == {"ready": True}
     schema = httpx.get(srv.url + "/schema/openapi.json").json()
     assert "/api/v1/bundles" in schema["paths"] and "/api/v1/models/{name}/aliases/{alias}" in schema["paths"]
+    default_slice = sched.thread_slice_us()
+    if default_slice is not None:  # Linux 6.12+: the event loop (the main thread) asks for serving.request_slice_us
+        assert sched.thread_slice_us(srv.proc.pid) == 100
+        threads = {sched.thread_slice_us(int(tid)) for tid in os.listdir(f"/proc/{srv.proc.pid}/task")}
+        assert default_slice in threads  # the background threads started before it keep the default
 
     bundle = make_bundle()
     code, out = cli(srv.url, token, "import", str(bundle))
