@@ -351,20 +351,37 @@ def tag_delete(client: Any, as_json: bool, name: str, version: int, key: str) ->
 @click.option("--url", envvar="SHEPHERD_URL", default="http://127.0.0.1:8080", show_default=True, help="Base URL of the server.")
 @click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True, help="Seconds to wait.")
 def wait_ready(url: str, timeout: float) -> None:
-    """Wait until GET /v2/health/ready answers 200 (for scripts); exit 1 on timeout."""
+    """Wait until GET /v2/health/ready answers Shepherd's {"ready": true} (for scripts); exit 1 on timeout.
+
+    Another server on the port that answers 200 is not taken for Shepherd ready: the timeout
+    message shows the last answer.
+    """
     import time
 
     import httpx
 
+    from shepherd.client import Client
+
+    client = Client(url, None, timeout=2)
     deadline = time.monotonic() + timeout
+    last = "none"
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url.rstrip("/") + "/v2/health/ready", timeout=2).status_code == 200:
+            resp = client.http.get("/v2/health/ready")
+            if resp.status_code == 200 and _json_or_none(resp) == {"ready": True}:
                 return
-        except httpx.HTTPError:
-            pass
+            last = f"HTTP {resp.status_code} {resp.text[:120]!r}"
+        except httpx.HTTPError as err:
+            last = str(err) or type(err).__name__
         time.sleep(0.2)
-    _fail(f"{url} was not ready within {timeout:g} s")
+    _fail(f"{url} was not ready within {timeout:g} s (last answer: {last})")
+
+
+def _json_or_none(resp: Any) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
 
 
 # ------------------------------------------------------------------------------------ deployments

@@ -81,3 +81,31 @@ def test_file_system_errors_are_one_line_naming_the_path(tmp_path: Path):
         assert r.exit_code == 2 and "--name" in r.output, r.output
     r = _run("check-config", str(tmp_path))
     assert r.exit_code == 2 and "cannot be read" in r.output, r.output
+
+
+def test_wait_ready_takes_only_shepherds_answer(tmp_path: Path):
+    """A server on the port that answers 200 but is not Shepherd is not taken for Shepherd ready;
+    the timeout names the last answer. A bad --url is named at once."""
+    import http.server
+    import threading
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>proxy</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = _run("wait-ready", "--url", f"http://127.0.0.1:{srv.server_port}", "--timeout", "0.5")
+    finally:
+        srv.shutdown()
+    assert r.exit_code == 1 and "was not ready" in r.output and "proxy" in r.output, r.output
+    r = _run("wait-ready", "--url", "ftp://example", "--timeout", "0.5")
+    assert r.exit_code == 1 and "--url" in r.output and len(r.output.strip().splitlines()) == 1, r.output

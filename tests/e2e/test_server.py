@@ -26,6 +26,7 @@ def test_serve_health_schema_and_registry_via_cli(server_config, start_server, m
     srv = start_server(cfg)
     assert httpx.get(srv.url + "/v2/health/live").json() == {"live": True}
     assert httpx.get(srv.url + "/v2/health/ready").json() == {"ready": True}
+    assert cli(srv.url, None, "wait-ready", "--timeout", "5") == (0, "")
     schema = httpx.get(srv.url + "/schema/openapi.json").json()
     assert "/api/v1/bundles" in schema["paths"] and "/api/v1/models/{name}/aliases/{alias}" in schema["paths"]
     default_slice = sched.thread_slice_us()
