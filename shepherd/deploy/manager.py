@@ -14,10 +14,11 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
@@ -174,9 +175,9 @@ class DeploymentManager:
             raise NotFound(f"deployment {name!r} does not exist")
         return dep
 
-    async def _persist(self, dep: Deployment, slots: SlotSet, action: str, actor: str) -> store.DeploymentRecord:
+    def _persist(self, dep: Deployment, slots: SlotSet, action: str, actor: str) -> concurrent.futures.Future[store.DeploymentRecord]:
         rec = store.DeploymentRecord(name=dep.name, model=dep.model, **slots.versions())
-        return await self.db.awrite(lambda c: store.save(c, rec, action=action, actor=actor))
+        return self.db.submit(lambda c: store.save(c, rec, action=action, actor=actor))
 
     def _retire(self, old: SlotSet, new: SlotSet) -> None:
         keep = {id(v) for v in new.loaded()}
@@ -187,17 +188,17 @@ class DeploymentManager:
     async def _swap(self, dep: Deployment, new: SlotSet, action: str, actor: str, began: float) -> store.DeploymentRecord:
         """Assign `new` (one reference change), persist it, and release what left; undo on a failed write.
 
-        Once the write is on the writer thread it cannot be called back, so a caller cancelled
-        meanwhile (a client gone, shutdown) waits for it, and the slots end as the database says;
-        the cancellation is raised after. After the commit nothing raises: a failure there
-        (metrics, releasing the old version) is logged, since raising would make the caller release a
-        version that the slots and the database hold.
+        A caller cancelled meanwhile (a client gone, shutdown) gets what `_settle` gives: a write
+        still queued never runs and the swap is undone; one already on the writer thread is waited
+        for, and the slots end as the database says. The cancellation is raised after. After the
+        commit nothing raises: a failure there (metrics, releasing the old version) is logged, since
+        raising would make the caller release a version that the slots and the database hold.
         """
         old = dep.slots
         dep.slots = new
         effective = time.perf_counter() - began
-        write, cancelled = await _settle(self._persist(dep, new, action, actor))
         try:
+            write, cancelled = await _settle(self._persist(dep, new, action, actor))
             rec = write.result()
         except BaseException:
             dep.slots = old
@@ -304,7 +305,7 @@ class DeploymentManager:
         follows its write to the end even when the caller is cancelled meanwhile."""
         async with self._lock(name):
             dep = self.get(name)
-            write, cancelled = await _settle(self.db.awrite(lambda c: store.delete(c, name, actor=actor)))
+            write, cancelled = await _settle(self.db.submit(lambda c: store.delete(c, name, actor=actor)))
             rec = write.result()
             del self.deployments[name]
             self._retire(dep.slots, SlotSet())
@@ -332,18 +333,27 @@ class DeploymentManager:
         return found
 
 
-async def _settle(write: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
-    """Run `write` (a SQLite write, which cannot be called back once on the writer thread) to its
-    end even if the caller is cancelled meanwhile; returns it, done, and whether the caller was
-    cancelled, for the caller to make memory follow the outcome before it raises the cancellation."""
-    task = asyncio.ensure_future(write)
+async def _settle(write: concurrent.futures.Future[T]) -> tuple[concurrent.futures.Future[T], bool]:
+    """Wait for a SQLite write (`Database.submit`) to end even if the caller is cancelled meanwhile.
+
+    The cancellation reaches the write itself: one still queued is cancelled and never runs; one
+    already on the writer thread cannot be called back, and is waited for to the end. Raises
+    CancelledError when the write never ran; otherwise returns it, done, and whether the caller
+    was cancelled, for the caller to make memory follow the write's outcome before it raises the
+    cancellation. No asyncio task stands between the caller and the write, so a shutdown that
+    cancels every task cannot lose the outcome either.
+    """
     cancelled = False
-    while not task.done():
+    while not write.done():
         try:
-            await asyncio.wait({task})  # cancelling this wait leaves the task running
+            await asyncio.wrap_future(write)
         except asyncio.CancelledError:
-            cancelled = True
-    return task, cancelled
+            cancelled = True  # the wrapper's cancellation has tried write.cancel(); wait again if it was running
+        except BaseException:  # the write failed: the caller reads it from `write`
+            break
+    if write.cancelled():
+        raise asyncio.CancelledError
+    return write, cancelled
 
 
 def _close_loaded(loading: asyncio.Future) -> None:

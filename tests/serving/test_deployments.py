@@ -477,3 +477,37 @@ def test_a_deploy_cancelled_while_it_loads_releases_what_it_loaded(seeded, monke
     assert len(loaded) == 1
     assert not loaded[0].acquire()  # released
     assert not loaded[0].batcher._thread.is_alive()
+
+
+def test_a_swap_cancelled_while_its_write_is_queued_never_happens(seeded):
+    """Cancelled while its slot write still waits behind another write, a promote is undone: the
+    write is cancelled before it runs, so memory and the database both keep the old slots."""
+    import threading
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+    run(mgr.deploy("d", "tiny", 2, actor="t"))
+    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
+    before = seeded.db.read(rows)
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(c):
+        entered.set()
+        gate.wait(10)
+
+    async def scenario():
+        busy = seeded.db.submit(hold)  # the writer thread is taken
+        assert await asyncio.to_thread(entered.wait, 10)
+        promoting = asyncio.create_task(mgr.promote("d", actor="t"))
+        await asyncio.sleep(0.05)  # its write is queued
+        promoting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await promoting
+        gate.set()
+        await asyncio.wrap_future(busy)
+
+    run(scenario())
+    assert slots(seeded) == {"primary": 1, "previous": None, "candidate": 2}
+    assert seeded.db.read(rows) == before
+    assert mgr.route("d")[1].version == 1
