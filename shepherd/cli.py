@@ -365,23 +365,25 @@ def wait_ready(url: str, timeout: float) -> None:
     client = Client(url, None, timeout=2)
     deadline = time.monotonic() + timeout
     last = "none"
-    while time.monotonic() < deadline:
-        try:
-            resp = client.http.get("/v2/health/ready")
-            if resp.status_code == 200 and _json_or_none(resp) == {"ready": True}:
-                return
-            last = f"HTTP {resp.status_code} {resp.text[:120]!r}"
-        except httpx.HTTPError as err:
-            last = str(err) or type(err).__name__
-        time.sleep(0.2)
+    with client.http:
+        while time.monotonic() < deadline:
+            try:
+                resp = client.http.get("/v2/health/ready")
+                if resp.status_code == 200 and _is_ready(resp):
+                    return
+                last = f"HTTP {resp.status_code} {resp.text[:120]!r}"
+            except httpx.HTTPError as err:
+                last = str(err) or type(err).__name__
+            time.sleep(0.2)
     _fail(f"{url} was not ready within {timeout:g} s (last answer: {last})")
 
 
-def _json_or_none(resp: Any) -> Any:
+def _is_ready(resp: Any) -> bool:
     try:
-        return resp.json()
+        body = resp.json()
     except ValueError:
-        return None
+        return False
+    return isinstance(body, dict) and body.get("ready") is True
 
 
 # ------------------------------------------------------------------------------------ deployments

@@ -96,7 +96,7 @@ def run(cfg: Config, config_path: Path | None, imports: Sequence[Path], actor: s
         settle_heap()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # The event loop runs on this thread from here on. Threads started before (the flusher, the
-        # monitor, the stores' writers) keep the default slice; those the loop starts inherit this one.
+        # monitor, the stores' writers) and those it starts later keep the default slice.
         sched.request_path(cfg.serving.request_slice_us, "event-loop")
         # uvicorn drains on SIGTERM, then restores the previous handler and re-raises the signal.
         # With the default handler that would kill the process before `finally` flushes the

@@ -17,11 +17,11 @@ import asyncio
 import concurrent.futures
 import functools
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import anyio
 import numpy as np
 import structlog
 
@@ -218,11 +218,23 @@ class DeploymentManager:
         return rec
 
     async def _load(self, name: str, model: str, version: int) -> LoadedVersion:
-        """`load_version` on a worker thread. A cancellation does not stop the thread, so a caller
-        cancelled meanwhile leaves the version to be released as soon as its load ends."""
-        loading = asyncio.ensure_future(anyio.to_thread.run_sync(self.load_version, name, model, version))
+        """`load_version` on a thread of its own. A cancellation does not stop the thread, so a
+        caller cancelled meanwhile (a client gone, or a shutdown, which cancels every task) leaves
+        the version to be released on that thread as soon as its load ends. No asyncio task holds
+        the load, so nothing but the caller can be cancelled in between and drop the version."""
+        loading: concurrent.futures.Future[LoadedVersion] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not loading.set_running_or_notify_cancel():
+                return
+            try:
+                loading.set_result(self.load_version(name, model, version))
+            except BaseException as err:
+                loading.set_exception(err)
+
+        threading.Thread(target=run, name=f"load:{model}:{version}", daemon=True).start()
         try:
-            return await asyncio.shield(loading)
+            return await asyncio.wrap_future(loading)
         except asyncio.CancelledError:
             loading.add_done_callback(_close_loaded)
             raise
@@ -351,12 +363,12 @@ async def _settle(write: concurrent.futures.Future[T]) -> tuple[concurrent.futur
             cancelled = True  # the wrapper's cancellation has tried write.cancel(); wait again if it was running
         except BaseException:  # the write failed: the caller reads it from `write`
             break
-    if write.cancelled():
-        raise asyncio.CancelledError
+    if write.cancelled() or (cancelled and write.exception() is not None):
+        raise asyncio.CancelledError  # the caller undoes what it changed, and ends cancelled
     return write, cancelled
 
 
-def _close_loaded(loading: asyncio.Future) -> None:
+def _close_loaded(loading: concurrent.futures.Future[LoadedVersion]) -> None:
     """Release the version whose load a cancelled caller left behind, once that load ends (it may also have failed)."""
     if not loading.cancelled() and loading.exception() is None:
         loading.result().close_now()

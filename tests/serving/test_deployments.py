@@ -511,3 +511,37 @@ def test_a_swap_cancelled_while_its_write_is_queued_never_happens(seeded):
     assert slots(seeded) == {"primary": 1, "previous": None, "candidate": 2}
     assert seeded.db.read(rows) == before
     assert mgr.route("d")[1].version == 1
+
+
+def test_a_load_in_flight_at_shutdown_is_released(seeded, monkeypatch):
+    """A shutdown cancels every task, not only the deploy's: the version whose load was still
+    running must still be released when that load ends, on its own thread, with no loop left."""
+    import threading
+    import time
+
+    mgr = seeded.deployments
+    entered, gate = threading.Event(), threading.Event()
+    real = mgr.load_version
+    loaded = []
+
+    def slow_load(deployment, model, version):
+        entered.set()
+        gate.wait(10)
+        lv = real(deployment, model, version)
+        loaded.append(lv)
+        return lv
+
+    monkeypatch.setattr(mgr, "load_version", slow_load)
+
+    async def scenario():
+        asyncio.create_task(mgr.deploy("d", "tiny", 1, actor="t"))  # still loading when asyncio.run ends: cancelled
+        assert await asyncio.to_thread(entered.wait, 10)
+
+    run(scenario())
+    gate.set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (loaded and not loaded[0].batcher._thread.is_alive()):
+        time.sleep(0.05)
+    assert len(loaded) == 1
+    assert not loaded[0].acquire()  # released
+    assert "d" not in mgr.deployments

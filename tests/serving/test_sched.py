@@ -31,13 +31,13 @@ def test_slice_is_set_on_the_calling_thread_only_and_keeps_nice():
     def body():
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 7)  # on Linux, per thread
         got = sched.set_thread_slice(250)
-        child = on_thread(sched.thread_slice_us)  # threads it starts inherit it
+        child = on_thread(sched.thread_slice_us)  # threads it starts get the default again
         back = sched.set_thread_slice(0)  # 0: the kernel's default again
         return got, child, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), back
 
     got, child, nice, back = on_thread(body)
     assert got == 250
-    assert child == 250
+    assert child == default
     assert nice == 7
     assert back == default
     assert sched.thread_slice_us() == default  # this thread untouched
@@ -61,6 +61,8 @@ def test_a_refused_slice_is_logged_not_raised(monkeypatch):
 
     monkeypatch.setattr(sched, "set_thread_slice", refuse)
     sched.request_path(100, "t")
+    monkeypatch.setattr(sched, "set_thread_slice", lambda us: 1 / 0)
+    sched.request_path(100, "t")  # nothing unexpected ends the thread either
     calls = []
     monkeypatch.setattr(sched, "set_thread_slice", calls.append)
     sched.request_path(0, "t")  # 0: leave the thread alone
