@@ -545,3 +545,91 @@ def test_a_load_in_flight_at_shutdown_is_released(seeded, monkeypatch):
     assert len(loaded) == 1
     assert not loaded[0].acquire()  # released
     assert "d" not in mgr.deployments
+
+
+def test_an_undeploy_cancelled_during_its_write_still_removes_the_deployment(seeded, monkeypatch):
+    """Cancelled while its DELETE is on the writer thread, an undeploy still ends as the database
+    says: the deployment is gone from memory too (a restart would not bring it back either)."""
+    import threading
+
+    from shepherd.deploy import manager
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+    entered, gate = threading.Event(), threading.Event()
+    real_delete = manager.store.delete
+
+    def slow_delete(*args, **kwargs):
+        entered.set()
+        gate.wait(10)
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(manager.store, "delete", slow_delete)
+
+    async def scenario():
+        removing = asyncio.create_task(mgr.undeploy("d", actor="t"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        removing.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await removing
+
+    run(scenario())
+    assert "d" not in mgr.deployments
+    assert seeded.db.read(lambda c: list(c.execute("SELECT * FROM deployments"))) == []
+
+
+def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothing(tmp_path, keys, make_bundle, monkeypatch):
+    """With keep_previous_warm = false a rollback loads the previous version first; cancelled
+    meanwhile, it leaves the slots and the record as they were and releases what it loaded."""
+    import threading
+    import time
+
+    cfg = config_mod.parse(
+        {"storage": {"data_dir": str(tmp_path / "cold")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)}, "serving": {"keep_previous_warm": False}}
+    )
+    appl = Appliance(cfg)
+    appl.start()
+    try:
+        for bias in (1.0, 2.0):
+            appl.importer.import_file(make_bundle(bias=bias), actor="t")
+        mgr = appl.deployments
+        for v in (1, 2):
+            run(mgr.deploy("d", "tiny", v, actor="t"))
+            run(mgr.promote("d", actor="t"))
+        rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
+        before = appl.db.read(rows)
+        entered, gate = threading.Event(), threading.Event()
+        real = mgr.load_version
+        loaded = []
+
+        def slow_load(deployment, model, version):
+            entered.set()
+            gate.wait(10)
+            lv = real(deployment, model, version)
+            loaded.append(lv)
+            return lv
+
+        monkeypatch.setattr(mgr, "load_version", slow_load)
+
+        async def scenario():
+            rolling = asyncio.create_task(mgr.rollback("d", actor="t"))
+            assert await asyncio.to_thread(entered.wait, 10)
+            rolling.cancel()
+            await asyncio.sleep(0.05)
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await rolling
+
+        run(scenario())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (loaded and not loaded[0].batcher._thread.is_alive()):
+            time.sleep(0.05)
+        assert slots(appl) == {"primary": 2, "previous": 1, "candidate": None}
+        assert mgr.get("d").slots.previous.loaded is None
+        assert appl.db.read(rows) == before
+        assert len(loaded) == 1 and not loaded[0].acquire()
+    finally:
+        appl.close()
