@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 import pytest
@@ -13,6 +17,7 @@ from shepherd.appliance import Appliance
 from shepherd.deploy.manager import Unavailable
 from shepherd.errors import Conflict, NotFound
 from shepherd.serving.engine import LoadError
+from shepherd.serving.slots import LoadedVersion
 from shepherd.store import audit, registry
 from tests.conftest import snapshot
 
@@ -30,6 +35,57 @@ def run(coro):
 
 def slots(appl: Appliance, name: str = "d") -> dict[str, int | None]:
     return appl.deployments.get(name).slots.versions()
+
+
+def deployment_rows(appl: Appliance) -> list[tuple]:
+    return appl.db.read(lambda c: list(c.execute("SELECT * FROM deployments")))
+
+
+class Held:
+    """`fn` made to wait, inside each call, until `release()` (at most 10 s): `entered` is set once
+    a call has arrived, and `returned` keeps what the calls returned."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.entered, self._open = threading.Event(), threading.Event()
+        self.returned: list[Any] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self._open.wait(10)
+        out = self.fn(*args, **kwargs)
+        self.returned.append(out)
+        return out
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def cancel_while_held(held: Held, operation: Coroutine[Any, Any, Any]) -> None:
+    """Run `operation`, cancel it while it is inside `held`, then let `held` go on: the operation must end cancelled."""
+
+    async def scenario() -> None:
+        task = asyncio.create_task(operation)
+        assert await asyncio.to_thread(held.entered.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        held.release()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+
+
+def released_load(held: Held) -> LoadedVersion:
+    """The one version that `held` (a load) returned, once released on its own thread (waits at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (held.returned and not held.returned[0].batcher._thread.is_alive()):
+        time.sleep(0.05)
+    assert len(held.returned) == 1
+    lv = held.returned[0]
+    assert not lv.batcher._thread.is_alive()
+    assert not lv.acquire()  # closed: it takes no request
+    return lv
 
 
 def test_deploy_promote_rollback_cycle(seeded):
@@ -229,8 +285,6 @@ def test_unloaded_candidate_is_not_promoted(seeded):
 
 def test_rollback_does_not_wait_for_a_slow_deploy(seeded):
     """A rollback completes while another version of the same deployment is still loading."""
-    import threading
-
     mgr = seeded.deployments
     gate = threading.Event()
     original = mgr.load_version
@@ -288,12 +342,11 @@ def test_a_version_archived_while_it_loads_does_not_enter_a_slot(seeded, monkeyp
         return lv
 
     monkeypatch.setattr(mgr, "load_version", load_then_archive)
-    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
-    before = seeded.db.read(rows)
+    before = deployment_rows(seeded)
     with pytest.raises(Conflict, match="archived"):
         run(mgr.deploy("d", "tiny", 2, actor="t"))
     assert slots(seeded) == {"primary": 1, "previous": None, "candidate": None}
-    assert seeded.db.read(rows) == before
+    assert deployment_rows(seeded) == before
     assert not loaded[0].acquire()  # closed: it takes no request
     assert seeded.db.read(lambda c: registry.get_version(c, "tiny", 2)).archived
 
@@ -308,9 +361,6 @@ def test_one_appliance_per_data_directory(seeded, config):
 
 def test_request_timeout_answers_504_and_drops_the_request(seeded):
     """A request not answered within the timeout gets RequestTimeout (504) and is dropped from the queue."""
-    import threading
-
-
     from shepherd.serving import inference
     from shepherd.serving.inference import RequestTimeout
 
@@ -378,34 +428,15 @@ def test_a_swap_cancelled_during_its_write_ends_as_the_database_says(seeded, mon
     writer thread: the write cannot be called back and commits, so the swap must complete as well.
     Memory then agrees with the database (a restart serves what ran before it), the displaced
     version stays warm as previous, and the caller still sees its cancellation."""
-    import threading
-
     from shepherd.deploy import manager
 
     mgr = seeded.deployments
     run(mgr.deploy("d", "tiny", 1, actor="t"))
     run(mgr.promote("d", actor="t"))
     run(mgr.deploy("d", "tiny", 2, actor="t"))
-    entered, gate = threading.Event(), threading.Event()
-    real_save = manager.store.save
-
-    def slow_save(*args, **kwargs):
-        entered.set()
-        gate.wait(10)
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(manager.store, "save", slow_save)
-
-    async def scenario():
-        promoting = asyncio.create_task(mgr.promote("d", actor="t"))
-        assert await asyncio.to_thread(entered.wait, 10)
-        promoting.cancel()
-        await asyncio.sleep(0.05)
-        gate.set()
-        with pytest.raises(asyncio.CancelledError):
-            await promoting
-
-    run(scenario())
+    save = Held(manager.store.save)
+    monkeypatch.setattr(manager.store, "save", save)
+    cancel_while_held(save, mgr.promote("d", actor="t"))
     assert slots(seeded) == {"primary": 2, "previous": 1, "candidate": None}
     assert seeded.db.read(lambda c: registry.resolve(c, "tiny", "production")).version == 2
     record = seeded.db.read(lambda c: list(c.execute("SELECT primary_version, previous_version, candidate_version FROM deployments")))
@@ -435,158 +466,83 @@ def test_an_error_after_the_slot_write_keeps_the_committed_swap(seeded, monkeypa
 
 
 def test_a_deploy_cancelled_while_it_loads_releases_what_it_loaded(seeded, monkeypatch):
-    """The load runs on a worker thread that cannot be called back: a deploy cancelled meanwhile
-    must release the version once the load ends (its session, batcher thread and memory), and
-    change no slot and no record."""
-    import threading
-
+    """The load runs on a thread that cannot be called back: a deploy cancelled meanwhile must
+    release the version once the load ends (its session, batcher thread and memory), and change
+    no slot and no record."""
     mgr = seeded.deployments
     run(mgr.deploy("d", "tiny", 1, actor="t"))
     run(mgr.promote("d", actor="t"))
-    entered, gate = threading.Event(), threading.Event()
-    real = mgr.load_version
-    loaded = []
-
-    def slow_load(deployment, model, version):
-        entered.set()
-        gate.wait(10)
-        lv = real(deployment, model, version)
-        loaded.append(lv)
-        return lv
-
-    monkeypatch.setattr(mgr, "load_version", slow_load)
-    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
-    before = seeded.db.read(rows)
-
-    async def scenario():
-        deploying = asyncio.create_task(mgr.deploy("d", "tiny", 2, actor="t"))
-        assert await asyncio.to_thread(entered.wait, 10)
-        deploying.cancel()
-        await asyncio.sleep(0.05)
-        gate.set()
-        with pytest.raises(asyncio.CancelledError):
-            await deploying
-        for _ in range(200):  # the load ends on its thread after the cancellation reached the caller
-            if loaded and not loaded[0].batcher._thread.is_alive():
-                break
-            await asyncio.sleep(0.05)
-
-    run(scenario())
+    load = Held(mgr.load_version)
+    monkeypatch.setattr(mgr, "load_version", load)
+    before = deployment_rows(seeded)
+    cancel_while_held(load, mgr.deploy("d", "tiny", 2, actor="t"))
+    released_load(load)
     assert slots(seeded) == {"primary": 1, "previous": None, "candidate": None}
-    assert seeded.db.read(rows) == before
-    assert len(loaded) == 1
-    assert not loaded[0].acquire()  # released
-    assert not loaded[0].batcher._thread.is_alive()
+    assert deployment_rows(seeded) == before
 
 
 def test_a_swap_cancelled_while_its_write_is_queued_never_happens(seeded):
     """Cancelled while its slot write still waits behind another write, a promote is undone: the
     write is cancelled before it runs, so memory and the database both keep the old slots."""
-    import threading
-
     mgr = seeded.deployments
     run(mgr.deploy("d", "tiny", 1, actor="t"))
     run(mgr.promote("d", actor="t"))
     run(mgr.deploy("d", "tiny", 2, actor="t"))
-    rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
-    before = seeded.db.read(rows)
-    entered, gate = threading.Event(), threading.Event()
-
-    def hold(c):
-        entered.set()
-        gate.wait(10)
+    before = deployment_rows(seeded)
+    hold = Held(lambda c: None)
 
     async def scenario():
         busy = seeded.db.submit(hold)  # the writer thread is taken
-        assert await asyncio.to_thread(entered.wait, 10)
+        assert await asyncio.to_thread(hold.entered.wait, 10)
         promoting = asyncio.create_task(mgr.promote("d", actor="t"))
         await asyncio.sleep(0.05)  # its write is queued
         promoting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await promoting
-        gate.set()
+        hold.release()
         await asyncio.wrap_future(busy)
 
     run(scenario())
     assert slots(seeded) == {"primary": 1, "previous": None, "candidate": 2}
-    assert seeded.db.read(rows) == before
+    assert deployment_rows(seeded) == before
     assert mgr.route("d")[1].version == 1
 
 
 def test_a_load_in_flight_at_shutdown_is_released(seeded, monkeypatch):
     """A shutdown cancels every task, not only the deploy's: the version whose load was still
     running must still be released when that load ends, on its own thread, with no loop left."""
-    import threading
-    import time
-
     mgr = seeded.deployments
-    entered, gate = threading.Event(), threading.Event()
-    real = mgr.load_version
-    loaded = []
-
-    def slow_load(deployment, model, version):
-        entered.set()
-        gate.wait(10)
-        lv = real(deployment, model, version)
-        loaded.append(lv)
-        return lv
-
-    monkeypatch.setattr(mgr, "load_version", slow_load)
+    load = Held(mgr.load_version)
+    monkeypatch.setattr(mgr, "load_version", load)
 
     async def scenario():
         asyncio.create_task(mgr.deploy("d", "tiny", 1, actor="t"))  # still loading when asyncio.run ends: cancelled
-        assert await asyncio.to_thread(entered.wait, 10)
+        assert await asyncio.to_thread(load.entered.wait, 10)
 
     run(scenario())
-    gate.set()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (loaded and not loaded[0].batcher._thread.is_alive()):
-        time.sleep(0.05)
-    assert len(loaded) == 1
-    assert not loaded[0].acquire()  # released
+    load.release()
+    released_load(load)
     assert "d" not in mgr.deployments
 
 
 def test_an_undeploy_cancelled_during_its_write_still_removes_the_deployment(seeded, monkeypatch):
     """Cancelled while its DELETE is on the writer thread, an undeploy still ends as the database
     says: the deployment is gone from memory too (a restart would not bring it back either)."""
-    import threading
-
     from shepherd.deploy import manager
 
     mgr = seeded.deployments
     run(mgr.deploy("d", "tiny", 1, actor="t"))
     run(mgr.promote("d", actor="t"))
-    entered, gate = threading.Event(), threading.Event()
-    real_delete = manager.store.delete
-
-    def slow_delete(*args, **kwargs):
-        entered.set()
-        gate.wait(10)
-        return real_delete(*args, **kwargs)
-
-    monkeypatch.setattr(manager.store, "delete", slow_delete)
-
-    async def scenario():
-        removing = asyncio.create_task(mgr.undeploy("d", actor="t"))
-        assert await asyncio.to_thread(entered.wait, 10)
-        removing.cancel()
-        await asyncio.sleep(0.05)
-        gate.set()
-        with pytest.raises(asyncio.CancelledError):
-            await removing
-
-    run(scenario())
+    delete = Held(manager.store.delete)
+    monkeypatch.setattr(manager.store, "delete", delete)
+    cancel_while_held(delete, mgr.undeploy("d", actor="t"))
     assert "d" not in mgr.deployments
-    assert seeded.db.read(lambda c: list(c.execute("SELECT * FROM deployments"))) == []
+    assert deployment_rows(seeded) == []
 
 
 def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothing(tmp_path, keys, make_bundle, monkeypatch):
     """With keep_previous_warm = false a rollback loads the previous version first; cancelled
     meanwhile, it leaves the slots and the record as they were and releases what it loaded."""
-    import threading
-    import time
-
     cfg = config_mod.parse(
         {"storage": {"data_dir": str(tmp_path / "cold")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)}, "serving": {"keep_previous_warm": False}}
     )
@@ -599,37 +555,13 @@ def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothin
         for v in (1, 2):
             run(mgr.deploy("d", "tiny", v, actor="t"))
             run(mgr.promote("d", actor="t"))
-        rows = lambda c: list(c.execute("SELECT * FROM deployments"))  # noqa: E731
-        before = appl.db.read(rows)
-        entered, gate = threading.Event(), threading.Event()
-        real = mgr.load_version
-        loaded = []
-
-        def slow_load(deployment, model, version):
-            entered.set()
-            gate.wait(10)
-            lv = real(deployment, model, version)
-            loaded.append(lv)
-            return lv
-
-        monkeypatch.setattr(mgr, "load_version", slow_load)
-
-        async def scenario():
-            rolling = asyncio.create_task(mgr.rollback("d", actor="t"))
-            assert await asyncio.to_thread(entered.wait, 10)
-            rolling.cancel()
-            await asyncio.sleep(0.05)
-            gate.set()
-            with pytest.raises(asyncio.CancelledError):
-                await rolling
-
-        run(scenario())
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (loaded and not loaded[0].batcher._thread.is_alive()):
-            time.sleep(0.05)
+        before = deployment_rows(appl)
+        load = Held(mgr.load_version)
+        monkeypatch.setattr(mgr, "load_version", load)
+        cancel_while_held(load, mgr.rollback("d", actor="t"))
+        released_load(load)
         assert slots(appl) == {"primary": 2, "previous": 1, "candidate": None}
         assert mgr.get("d").slots.previous.loaded is None
-        assert appl.db.read(rows) == before
-        assert len(loaded) == 1 and not loaded[0].acquire()
+        assert deployment_rows(appl) == before
     finally:
         appl.close()
