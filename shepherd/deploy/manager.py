@@ -198,8 +198,7 @@ class DeploymentManager:
         dep.slots = new
         effective = time.perf_counter() - began
         try:
-            write, cancelled = await _settle(self._persist(dep, new, action, actor))
-            rec = write.result()
+            rec, cancelled = await _settle(self._persist(dep, new, action, actor))
         except BaseException:
             dep.slots = old
             raise
@@ -232,6 +231,8 @@ class DeploymentManager:
             except BaseException as err:
                 loading.set_exception(err)
 
+        # A daemon thread of its own, not an executor's worker: the interpreter joins those at exit,
+        # and a TensorRT build in progress would then hold up a shutdown for minutes.
         threading.Thread(target=run, name=f"load:{model}:{version}", daemon=True).start()
         try:
             return await asyncio.wrap_future(loading)
@@ -317,8 +318,7 @@ class DeploymentManager:
         follows its write to the end even when the caller is cancelled meanwhile."""
         async with self._lock(name):
             dep = self.get(name)
-            write, cancelled = await _settle(self.db.submit(lambda c: store.delete(c, name, actor=actor)))
-            rec = write.result()
+            rec, cancelled = await _settle(self.db.submit(lambda c: store.delete(c, name, actor=actor)))
             del self.deployments[name]
             self._retire(dep.slots, SlotSet())
             log.info("deployment_removed", deployment=name)
@@ -345,14 +345,14 @@ class DeploymentManager:
         return found
 
 
-async def _settle(write: concurrent.futures.Future[T]) -> tuple[concurrent.futures.Future[T], bool]:
+async def _settle(write: concurrent.futures.Future[T]) -> tuple[T, bool]:
     """Wait for a SQLite write (`Database.submit`) to end even if the caller is cancelled meanwhile.
 
     The cancellation reaches the write itself: one still queued is cancelled and never runs; one
     already on the writer thread cannot be called back, and is waited for to the end. Raises
-    CancelledError when the write never ran; otherwise returns it, done, and whether the caller
-    was cancelled, for the caller to make memory follow the write's outcome before it raises the
-    cancellation. No asyncio task stands between the caller and the write, so a shutdown that
+    CancelledError when the write never ran, or failed after the caller was cancelled; the write's
+    own error when it failed otherwise. Returns its result and whether the caller was cancelled,
+    for the caller to make memory follow the committed write before it raises the cancellation. No asyncio task stands between the caller and the write, so a shutdown that
     cancels every task cannot lose the outcome either.
     """
     cancelled = False
@@ -361,11 +361,11 @@ async def _settle(write: concurrent.futures.Future[T]) -> tuple[concurrent.futur
             await asyncio.wrap_future(write)
         except asyncio.CancelledError:
             cancelled = True  # the wrapper's cancellation has tried write.cancel(); wait again if it was running
-        except BaseException:  # the write failed: the caller reads it from `write`
+        except BaseException:  # the write failed: raised below
             break
     if write.cancelled() or (cancelled and write.exception() is not None):
         raise asyncio.CancelledError  # the caller undoes what it changed, and ends cancelled
-    return write, cancelled
+    return write.result(), cancelled
 
 
 def _close_loaded(loading: concurrent.futures.Future[LoadedVersion]) -> None:
