@@ -161,6 +161,12 @@ class Monitor:
         self.g_stream = Gauge(
             "shepherd_stream_drift_detections", "Streaming detector detections since start.", [*labels, "stream"], registry=registry
         )
+        self.g_ks = Gauge(
+            "shepherd_drift_ks_pvalues",
+            "Exact KS p-values (unequal sizes) since start: read from the kernels' table, or computed.", ["source"], registry=registry,
+        )
+        self.g_ks.labels("table").set_function(lambda: float(kernels.KS_MEMO.counts[1]))
+        self.g_ks.labels("computed").set_function(lambda: float(kernels.KS_MEMO.counts[2]))
         self.g_behind = Gauge(
             "shepherd_drift_behind",
             f"1 when the last pass left complete drift windows waiting (a pass evaluates at most {MAX_WINDOWS_PER_TICK} per "

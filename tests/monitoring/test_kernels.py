@@ -203,6 +203,70 @@ def test_ks_rows_in_pairs_is_the_one_row_recursion(m, n, frac):
         assert abs(ours - theirs) <= TOL, (m, n, h, ours, theirs)
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_ref=st.integers(1, 400), rows=st.integers(1, 300), windows=st.integers(1, 4), shift=st.floats(0.0, 1.5),
+       slots=st.sampled_from([2, 8, 1 << 12]), seed=st.integers(0, 2**32 - 1))
+@example(n_ref=398, rows=300, windows=4, shift=0.0, slots=2, seed=0)  # a table that must empty itself every pass
+def test_exact_ks_pvalues_from_the_table_are_the_computed_ones(n_ref, rows, windows, shift, slots, seed):
+    """The KS p-values of a pass are the same, bit for bit, whether the table is empty, already holds
+    them (a second pass: every exact one a hit) or is too small to hold a pass's keys; and each is
+    ks_pvalue's for its statistic and sizes, within 1e-9 of scipy's."""
+    rng = np.random.default_rng(seed)
+    ref = {f"f{i}": np.round(rng.normal(size=n_ref), 1) for i in range(3)}  # ties, so repeated statistics
+    ref["f2"][: n_ref // 3] = np.nan  # another reference size for that feature
+    profile = build_profile(ref, n_bins=5)
+    x = np.round(rng.normal(loc=shift, size=(rows * windows, 3)), 1)
+    x[rng.random(x.shape) < 0.1] = np.nan  # window sizes vary by feature and window
+    bounds = np.arange(windows + 1) * rows
+    memo = K.KsMemo(slots)
+    cold = K.numeric_drift_windows(profile, x, bounds, memo=memo)
+    after_cold = memo.stats()
+    warm = K.numeric_drift_windows(profile, x, bounds, memo=memo)
+    other = K.numeric_drift_windows(profile, x, bounds, memo=K.KsMemo(1 << 12))
+    assert memo.stats()["entries"] <= slots // 2, "never more than half full"
+    exact = 0
+    for w in range(windows):
+        for a, b, c in ((cold[w], warm[w], other[w]),):
+            np.testing.assert_array_equal(a.ks_pvalue, b.ks_pvalue)
+            np.testing.assert_array_equal(a.ks_pvalue, c.ks_pvalue)
+            np.testing.assert_array_equal(a.ks_stat, b.ks_stat)
+        for j, name in enumerate(profile.numeric_names):
+            if not cold[w].has_data[j]:
+                assert np.isnan(cold[w].ks_pvalue[j])
+                continue
+            cur = finite(x[bounds[w]:bounds[w + 1], j])
+            n_r = len(finite(ref[name]))
+            exact += len(cur) != n_r and cold[w].ks_stat[j] > 0
+            d = stats.ks_2samp(cur, finite(ref[name])).statistic
+            assert (cold[w].ks_stat[j], cold[w].ks_pvalue[j]) == K.ks_pvalue(float(d), len(cur), n_r)
+            assert abs(cold[w].ks_pvalue[j] - stats.ks_2samp(cur, finite(ref[name])).pvalue) <= TOL
+    if slots == 1 << 12:  # room for every key: the second pass computed nothing
+        assert memo.stats()["computed"] == after_cold["computed"]
+        assert memo.stats()["hits"] - after_cold["hits"] == exact
+
+
+def test_the_ks_table_key_names_sizes_and_h():
+    """A key holds both sizes and h at their largest (n <= 10,000, h <= lcm), in either order of the sizes."""
+    for n1, n2, frac in ((10_000, 9_999, 0.01), (9_999, 10_000, 0.01), (1, 10_000, 1.0), (10_000, 1, 0.5), (2, 3, 1.0), (1000, 398, 0.05)):
+        g = math.gcd(n1, n2)
+        lcm = n1 // g * n2
+        h = max(1, round(frac * lcm))
+        key = K._ks_key(n1, n2, h)
+        assert key > 0 and key == K._ks_key(n2, n1, h)
+        assert K._ks_key_pvalue(key) == K.ks_pvalue(h / lcm, n1, n2)[1]
+
+
+def test_the_ks_table_size_is_checked():
+    for bad in (0, 1, 3, 100):
+        with pytest.raises(ValueError, match="power of two"):
+            K.KsMemo(bad)
+    memo = K.KsMemo(8)
+    K.numeric_drift_windows(build_profile({"x": np.arange(7.0)}), np.arange(10.0).reshape(-1, 1), memo=memo)
+    assert memo.stats() == {"entries": 1, "hits": 0, "computed": 1}
+    memo.clear()
+    assert memo.stats() == {"entries": 0, "hits": 0, "computed": 0} and not memo.keys.any()
+
+
 @settings(max_examples=60, deadline=None)
 @given(xs=st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, -2.5, 5e-324, -1e300]),
                              st.floats(allow_nan=False, allow_infinity=False)), max_size=50),
