@@ -240,11 +240,11 @@ class DeploymentManager:
             loading.add_done_callback(_close_loaded)
             raise
 
-    @staticmethod
-    def _release_unless_serving(dep: Deployment | None, loaded: LoadedVersion) -> None:
-        """Release a version an operation loaded, unless a slot took it (its swap committed)."""
+    def _release_unless_serving(self, dep: Deployment | None, loaded: LoadedVersion) -> None:
+        """Release a version an operation loaded, unless a slot took it (its swap committed). It may
+        have taken requests while its swap's write was pending; those finish first."""
         if dep is None or all(v is not loaded for v in dep.slots.loaded()):
-            loaded.close_now()
+            loaded.release_undone(self.config.serving.drain_timeout_s)
 
     async def deploy(self, name: str, model: str, version: int, *, actor: str) -> store.DeploymentRecord:
         """Load and warm `model` `version` into the candidate slot of `name` (created if new)."""

@@ -102,6 +102,19 @@ class LoadedVersion:
         self._release()
         log.info("version_released", model=self.model, version=self.version)
 
+    def release_undone(self, drain_timeout: float) -> None:
+        """Release a version whose slot change was undone (a failed or cancelled write): it was
+        routable meanwhile, so a request it took is served to the end first (as `retire`). With
+        none in flight, at once and on this thread, so that a routed request finds it closed."""
+        with self._lock:
+            idle = self._in_flight == 0
+            if idle:
+                self._closed = True
+        if idle:
+            self._release()
+        else:
+            self.retire(drain_timeout)
+
     def close_now(self) -> None:
         """Stop at once (shutdown, or a version that never took traffic)."""
         with self._lock:

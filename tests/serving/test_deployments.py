@@ -508,6 +508,70 @@ def test_a_swap_cancelled_while_its_write_is_queued_never_happens(seeded):
     assert mgr.route("d")[1].version == 1
 
 
+def test_an_undone_deploy_serves_its_requests_to_the_end_before_it_is_released(seeded, monkeypatch):
+    """While a deploy's slot write is pending, the new candidate is already in its slot and can take
+    requests. When the write fails, the slots go back, and a request the candidate took meanwhile is
+    still answered: the version is released only after it, as a retired one is."""
+    import numpy as np
+
+    from shepherd.deploy import manager
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    run(mgr.promote("d", actor="t"))
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    save = Held(refuse)
+    monkeypatch.setattr(manager.store, "save", save)
+
+    async def scenario() -> LoadedVersion:
+        deploying = asyncio.create_task(mgr.deploy("d", "tiny", 2, actor="t"))
+        assert await asyncio.to_thread(save.entered.wait, 10)
+        candidate = mgr.get("d").slots.candidate.loaded
+        assert candidate.version == 2 and candidate.acquire()  # a request routed to it meanwhile
+        save.release()
+        with pytest.raises(OSError, match="disk full"):
+            await deploying
+        assert slots(seeded) == {"primary": 1, "previous": None, "candidate": None}
+        await asyncio.sleep(0.2)
+        assert candidate.batcher._thread.is_alive(), "released under a request in flight"
+        out = await candidate.batcher.submit({"x": np.zeros((1, 3), np.float32)}).future
+        assert out["y"].tolist() == [[2.0, 2.0, 2.0]]
+        candidate.release()
+        return candidate
+
+    candidate = run(scenario())
+    deadline = time.monotonic() + 10
+    while candidate.batcher._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not candidate.batcher._thread.is_alive() and not candidate.acquire()
+    assert mgr.route("d")[1].version == 1
+
+
+def test_an_undone_deploy_with_nothing_in_flight_is_released_at_once(seeded, monkeypatch):
+    """With no request in it, a version whose deploy failed is closed before the deploy returns."""
+    from shepherd.deploy import manager
+
+    mgr = seeded.deployments
+    run(mgr.deploy("d", "tiny", 1, actor="t"))
+    loads = []
+    real = mgr.load_version
+    monkeypatch.setattr(mgr, "load_version", lambda *a: loads.append(real(*a)) or loads[-1])
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(manager.store, "save", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        run(mgr.deploy("d", "tiny", 2, actor="t"))
+    assert len(loads) == 1 and not loads[0].acquire()
+    loads[0].batcher._thread.join(5)
+    assert not loads[0].batcher._thread.is_alive()
+    assert slots(seeded) == {"primary": None, "previous": None, "candidate": 1}
+
+
 def test_a_load_in_flight_at_shutdown_is_released(seeded, monkeypatch):
     """A shutdown cancels every task, not only the deploy's: the version whose load was still
     running must still be released when that load ends, on its own thread, with no loop left."""
