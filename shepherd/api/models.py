@@ -84,16 +84,18 @@ class ModelsController(Controller):
         who = actor(request)
         return await _app(request).db.awrite(lambda c: registry.delete_alias(c, name, alias, actor=who))
 
-    @put("/{name:str}/versions/{version:int}/tags/{key:str}", opt=OPERATOR, status_code=200)
+    # `{key:path}`: a tag key may hold '/' (team/owner), and the server decodes a %2F before routing,
+    # so the key is the rest of the path (Litestar gives it with a leading '/').
+    @put("/{name:str}/versions/{version:int}/tags/{key:path}", opt=OPERATOR, status_code=200)
     async def set_tag(self, request: Request, name: FromPath[str], version: FromPath[int], key: FromPath[str], data: JSONBody[TagBody]) -> VersionRecord:
         """Set a tag (a mutable label; the version's content stays as registered)."""
-        who = actor(request)
+        who, key = actor(request), key.removeprefix("/")
         return await _app(request).db.awrite(lambda c: registry.set_tag(c, name, version, key, data.value, actor=who))
 
-    @delete("/{name:str}/versions/{version:int}/tags/{key:str}", opt=OPERATOR, status_code=200)
+    @delete("/{name:str}/versions/{version:int}/tags/{key:path}", opt=OPERATOR, status_code=200)
     async def delete_tag(self, request: Request, name: FromPath[str], version: FromPath[int], key: FromPath[str]) -> VersionRecord:
         """Remove a tag."""
-        who = actor(request)
+        who, key = actor(request), key.removeprefix("/")
         return await _app(request).db.awrite(lambda c: registry.delete_tag(c, name, version, key, actor=who))
 
     @post("/{name:str}/versions/{version:int}/archive", opt=OPERATOR, status_code=200)

@@ -54,6 +54,11 @@ def test_serve_health_schema_and_registry_via_cli(server_config, start_server, m
     assert code == 0 and out.count("production") == 2
     code, out = cli(srv.url, token, "tag", "set", "tiny", "1", "reviewed", "yes")
     assert code == 0
+    # a key holding '/': the CLI sends it as %2F, which the server decodes before routing
+    assert cli(srv.url, token, "tag", "set", "tiny", "1", "team/owner", "ml-ops")[0] == 0
+    assert "team/owner=ml-ops" in cli(srv.url, token, "models", "versions", "tiny")[1]
+    assert cli(srv.url, token, "tag", "delete", "tiny", "1", "team/owner")[0] == 0
+    assert "team/owner" not in cli(srv.url, token, "models", "versions", "tiny")[1]
     code, out = cli(srv.url, token, "models", "archive", "tiny", "1")
     assert code == 0 and "archived" in out
     code, out = cli(srv.url, token, "models", "versions", "tiny")
