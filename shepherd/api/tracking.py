@@ -74,12 +74,12 @@ class TrackingController(Controller):
 
         return await anyio.to_thread.run_sync(work)
 
-    @get("/runs/{run_id:str}/metrics/{key:str}")
+    @get("/runs/{run_id:str}/metrics/{key:path}")  # the rest of the path: keys such as train/loss hold '/'
     async def history(
         self, request: Request, run_id: FromPath[str], key: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=25_000)] = 1000, page_token: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """One page of a metric's history, ordered by step then time."""
-        t = _tracker(request)
+        t, key = _tracker(request), key.removeprefix("/")
         page, token = await anyio.to_thread.run_sync(lambda: t.metric_history(run_id, key, limit, page_token))
         return {"metrics": [msgspec.to_builtins(m) for m in page], "next_page_token": token}

@@ -125,7 +125,7 @@ CASES = [
     Case("GET", "/api/v1/runs", "/api/v1/runs?experiment=0", "viewer", {200}),
     Case("GET", "/api/v1/runs/compare", "/api/v1/runs/compare?ids={run_a}&ids={run_b}", "viewer", {200}, setup=_runs),
     Case("GET", "/api/v1/runs/{run_id:str}", "/api/v1/runs/{run_a}", "viewer", {200}, setup=_runs),
-    Case("GET", "/api/v1/runs/{run_id:str}/metrics/{key:str}", "/api/v1/runs/{run_a}/metrics/m", "viewer", {200}, setup=_runs),
+    Case("GET", "/api/v1/runs/{run_id:str}/metrics/{key:path}", "/api/v1/runs/{run_a}/metrics/m", "viewer", {200}, setup=_runs),
     Case("GET", "/metrics", "/metrics", "viewer", {200}),
     Case("GET", "/v2", "/v2", "viewer", {200}),
     Case("GET", "/v2/models/{model:str}", "/v2/models/d", "viewer", {200}),

@@ -39,6 +39,7 @@ with mlflow.start_run(run_name="parent", tags={"team": "ml"}) as parent:
     for step in range(5):
         mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
     mlflow.log_metrics({"acc": 0.9, "auc": 0.95})
+    mlflow.log_metric("train/loss", 0.25, step=7)  # a key holding '/', as MLflow's own examples name them
     mlflow.set_tag("stage", "dev")
     mlflow.set_tags({"a": "1", "b": "2"})
     d = pathlib.Path(tempfile.mkdtemp())
@@ -182,6 +183,8 @@ def test_mlflow_client_end_to_end(live):
     assert compared["params"]["lr"] == ["0.01", None] and compared["metrics"]["child_metric"] == [None, 1.0]
     code, text = cli(srv.url, tok, "runs", "history", out["run_id"], "loss", "--json")
     assert [m["step"] for m in json.loads(text)["metrics"]] == [0, 1, 2, 3, 4]
+    code, text = cli(srv.url, tok, "runs", "history", out["run_id"], "train/loss", "--json")
+    assert code == 0 and [(m["step"], m["value"]) for m in json.loads(text)["metrics"]] == [(7, 0.25)]
     code, text = cli(srv.url, tok, "runs", "list", "--experiment", "e2e", "--filter", "metrics.acc >> 1")
     assert code != 0 and "needs a number" in text
     code, text = cli(srv.url, tok, "models", "show", "e2e-model", "1", "--json")
