@@ -670,8 +670,8 @@ def _ks_key_pvalue(key: int) -> float:
 def _memo_slot(keys: np.ndarray, key: int) -> int:
     """The slot holding `key`, or the empty one (key 0) where it would go: open addressing, linear probing."""
     mask = keys.shape[0] - 1
-    x = uint64(key) * uint64(0x9E3779B97F4A7C15)
-    i = int64(x >> uint64(40)) & mask
+    x = uint64(key) * uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the product's high bits mix every key bit
+    i = int64(x >> uint64(32)) & mask
     while keys[i] != 0 and keys[i] != key:
         i = (i + 1) & mask
     return i
@@ -1176,7 +1176,7 @@ def numeric_drift_windows(
     ref_off = np.asarray(profile.sample_offsets, dtype=np.int64)
     edge_off = np.asarray(profile.edge_offsets, dtype=np.int64)
     std = np.array([f.std for f in profile.numeric], dtype=np.float64)
-    memo = memo or KS_MEMO
+    memo = KS_MEMO if memo is None else memo
     with _LOCK:
         psi, ks, ksp, w1, w1n, js, miss, n, has = call(
             _numeric_kernel, x, b, profile.samples_array(), ref_off, profile.edges_array(), edge_off,
