@@ -10,9 +10,12 @@ A backup is a directory:
   manifest.json      format, Shepherd version, schema version, time, and the sha256 and size of
                      every file above; written last, so a backup without it is incomplete
 
-Backups may run at the same time (each to its own destination). One that fails removes what it
-wrote: the destination is left as it was found (missing, or empty), so the same command can be
-run again.
+Backups may run at the same time, each to its own destination. A backup claims its destination
+first, by creating `.backup-in-progress` there (O_EXCL), and removes that file just before it
+writes the manifest: a second backup to the same place is refused, even one that checked the
+directory empty at the same moment, and never writes into the first one's files. One that fails
+removes what it wrote: the destination is left as it was found (missing, or empty), so the same
+command can be run again.
 
 `restore` checks every file against the manifest before it writes anything, and only restores
 into an empty (or missing) data directory: it assembles the copy beside the target and renames
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 FORMAT = "shepherd-backup/1"
+IN_PROGRESS = ".backup-in-progress"
+"""The file that claims a destination while a backup writes there (the module docstring)."""
 
 
 class FileEntry(msgspec.Struct):
@@ -76,11 +81,16 @@ def backup(appl: Appliance, dest: Path) -> Manifest:
         if dest.exists() and not dest.is_dir():
             raise InvalidInput(f"backup destination {dest} exists and is not a directory", field="dest")
         if dest.exists() and any(dest.iterdir()):
+            _refuse_busy(dest)
             raise Conflict(f"backup destination {dest} is not empty")
         if dest == appl.config.data_dir.resolve() or appl.config.data_dir.resolve() in dest.parents:
             raise InvalidInput(f"backup destination {dest} is inside the data directory", field="dest")
         created = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
+        try:  # claim it: of two backups that both found it empty, one gets here second
+            os.close(os.open(dest / IN_PROGRESS, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            _refuse_busy(dest)
     except OSError as err:  # a name too long, a parent that is a file, no permission
         raise InvalidInput(f"backup destination {dest}: {err.strerror or err}", field="dest") from None
     started = time.monotonic()
@@ -91,6 +101,15 @@ def backup(appl: Appliance, dest: Path) -> Manifest:
         raise
     log.info("backup_written", dest=str(dest), files=len(manifest.files), seconds=round(time.monotonic() - started, 3))
     return manifest
+
+
+def _refuse_busy(dest: Path) -> None:
+    """Conflict when another backup holds `dest` (its IN_PROGRESS file is there)."""
+    if (dest / IN_PROGRESS).exists():
+        raise Conflict(
+            f"backup destination {dest} is being written by another backup ({IN_PROGRESS}; if no backup is "
+            "running, one was killed there: remove the directory)"
+        )
 
 
 def _remove_written(dest: Path, created: bool) -> None:
@@ -116,14 +135,16 @@ def _write(appl: Appliance, dest: Path) -> Manifest:
         target = dest / "blobs" / sha[:2] / sha
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(appl.blobs.path(sha), target)
+    claim = dest / IN_PROGRESS
     files = [
         FileEntry(str(p.relative_to(dest)), _sha256(p), p.stat().st_size)
-        for p in sorted(dest.rglob("*")) if p.is_file()
+        for p in sorted(dest.rglob("*")) if p.is_file() and p != claim
     ]
     manifest = Manifest(
         format=FORMAT, shepherd_version=__version__, schema_version=schema,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files=files,
     )
+    claim.unlink()  # the files are all there: nothing writes into them any more
     tmp = dest / "manifest.json.tmp"
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
     with tmp.open("rb") as f:

@@ -1,4 +1,4 @@
-"""Online backups through the HTTP API, in process: two at the same time, and one that fails halfway."""
+"""Online backups through the HTTP API, in process: two at the same time, two to one place, and one that fails halfway."""
 
 from __future__ import annotations
 
@@ -73,3 +73,50 @@ def test_a_backup_that_fails_halfway_leaves_the_destination_as_it_was(api, appli
     monkeypatch.setattr(backup_mod, "_sha256", real)
     assert _backup(api, tokens["admin"], dest).status_code == 200
     assert {"shepherd.sqlite", "events.duckdb"} <= {f.path for f in backup_mod.verify(dest).files}
+
+
+def test_a_second_backup_to_the_same_destination_is_refused_and_harms_nothing(api, appliance: Appliance, tokens, make_bundle,
+                                                                            tmp_path: Path, monkeypatch):
+    """While a backup is writing, even before its first file, a second one to the same directory
+    gets 409 and writes nothing there; the first completes and verifies, with no claim file left.
+    Without the claim the second found the directory empty and wrote into the first one's files."""
+    appliance.importer.import_file(make_bundle(), actor="t")
+    dest = tmp_path / "bk"
+    entered, go = threading.Event(), threading.Event()
+    real = appliance.db.backup_to
+
+    def held(target):
+        entered.set()
+        go.wait(20)
+        return real(target)
+
+    monkeypatch.setattr(appliance.db, "backup_to", held)
+    first: list = []
+    writer = threading.Thread(target=lambda: first.append(_backup(api, tokens["admin"], dest)))
+    writer.start()
+    try:
+        assert entered.wait(20)
+        assert [p.name for p in dest.iterdir()] == [backup_mod.IN_PROGRESS]  # nothing written yet
+        second = _backup(api, tokens["admin"], dest)
+        assert second.status_code == 409 and "another backup" in second.text, second.text
+        assert [p.name for p in dest.iterdir()] == [backup_mod.IN_PROGRESS]
+    finally:
+        go.set()
+        writer.join(30)
+    assert first[0].status_code == 200
+    assert not (dest / backup_mod.IN_PROGRESS).exists()
+    assert {"shepherd.sqlite", "events.duckdb"} <= {f.path for f in backup_mod.verify(dest).files}
+
+
+def test_two_backups_that_both_found_the_destination_empty_one_is_refused(appliance: Appliance, tmp_path: Path, monkeypatch):
+    """The claim decides between two backups that passed the emptiness check at the same moment."""
+    dest = tmp_path / "bk"
+    dest.mkdir()
+    (dest / backup_mod.IN_PROGRESS).touch()  # the other backup claimed it just after this one looked
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(()) if self == dest else real_iterdir(self))
+    from shepherd.errors import Conflict
+
+    with pytest.raises(Conflict, match="another backup"):
+        backup_mod.backup(appliance, dest)
+    assert [p.name for p in real_iterdir(dest)] == [backup_mod.IN_PROGRESS]  # the other one's claim stays
