@@ -14,8 +14,8 @@ Backups may run at the same time, each to its own destination. A backup claims i
 first, by creating `.backup-in-progress` there (O_EXCL), and removes that file just before it
 writes the manifest: a second backup to the same place is refused, even one that checked the
 directory empty at the same moment, and never writes into the first one's files. One that fails
-removes what it wrote: the destination is left as it was found (missing, or empty), so the same
-command can be run again.
+removes what it wrote: the destination is left as it was found (missing, with the parent
+directories the backup created, or empty), so the same command can be run again.
 
 `restore` checks every file against the manifest before it writes anything, and only restores
 into an empty (or missing) data directory: it assembles the copy beside the target and renames
@@ -85,19 +85,22 @@ def backup(appl: Appliance, dest: Path) -> Manifest:
             raise Conflict(f"backup destination {dest} is not empty")
         if dest == appl.config.data_dir.resolve() or appl.config.data_dir.resolve() in dest.parents:
             raise InvalidInput(f"backup destination {dest} is inside the data directory", field="dest")
-        created = not dest.exists()
+        made = _missing(dest)
         dest.mkdir(parents=True, exist_ok=True)
         try:  # claim it: of two backups that both found it empty, one gets here second
             os.close(os.open(dest / IN_PROGRESS, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
             _refuse_busy(dest)
+        except OSError:
+            _remove_empty(made)
+            raise
     except OSError as err:  # a name too long, a parent that is a file, no permission
         raise InvalidInput(f"backup destination {dest}: {err.strerror or err}", field="dest") from None
     started = time.monotonic()
     try:
         manifest = _write(appl, dest)
     except BaseException:
-        _remove_written(dest, created)
+        _remove_written(dest, made)
         raise
     log.info("backup_written", dest=str(dest), files=len(manifest.files), seconds=round(time.monotonic() - started, 3))
     return manifest
@@ -112,10 +115,30 @@ def _refuse_busy(dest: Path) -> None:
         )
 
 
-def _remove_written(dest: Path, created: bool) -> None:
-    """Put `dest` back as a failed backup found it: gone if it made it, else empty."""
-    if created:
+def _missing(dest: Path) -> list[Path]:
+    """`dest` and the ancestors of it that do not exist (and a backup would create), deepest first."""
+    made, p = [], dest
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the directories a backup created, deepest first, as long as each is empty."""
+    for p in made:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (someone else's now), or gone
+            return
+
+
+def _remove_written(dest: Path, made: list[Path]) -> None:
+    """Put `dest` back as a failed backup found it: gone, with the parents it created, if it made
+    it; else empty."""
+    if made:
         shutil.rmtree(dest, ignore_errors=True)
+        _remove_empty(made[1:])
     else:
         empty_dir(dest)
 

@@ -120,3 +120,16 @@ def test_two_backups_that_both_found_the_destination_empty_one_is_refused(applia
     with pytest.raises(Conflict, match="another backup"):
         backup_mod.backup(appliance, dest)
     assert [p.name for p in real_iterdir(dest)] == [backup_mod.IN_PROGRESS]  # the other one's claim stays
+
+
+def test_a_failed_backup_removes_the_parent_directories_it_created(api, appliance: Appliance, tokens, tmp_path: Path, monkeypatch):
+    """A backup to root/a/b/bk, where only root existed, that fails halfway leaves root as it was:
+    bk, b and a are all gone. A parent that held something before is kept."""
+    root = tmp_path / "backups"
+    (root / "kept").mkdir(parents=True)
+    (root / "kept" / "file").write_text("x")
+    monkeypatch.setattr(backup_mod, "_sha256", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert _backup(api, tokens["admin"], root / "a" / "b" / "bk").status_code == 500
+    assert _backup(api, tokens["admin"], root / "kept" / "c" / "bk").status_code == 500
+    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+    assert [p.name for p in (root / "kept").iterdir()] == ["file"]
