@@ -720,9 +720,12 @@ def predictions_group() -> None:
 @click.option("--to", "end", help="ISO 8601 end (exclusive).")
 def predictions_export(client: Any, as_json: bool, deployment: str, dest: Path, start: str | None, end: str | None) -> None:
     """Write DEPLOYMENT's logged predictions (with any labels) in a time range to DEST as Parquet (operator token)."""
-    headers = client.download(f"/api/v1/deployments/{_q(deployment)}/predictions", dest, params=_time_params(start, end))
-    rows = headers.get("x-rows", "?")
-    _print_json({"path": str(dest), "rows": int(rows)}) if as_json else click.echo(f"wrote {rows} rows to {dest}")
+    headers = client.download(
+        f"/api/v1/deployments/{_q(deployment)}/predictions", dest, "application/vnd.apache.parquet", "Parquet",
+        params=_time_params(start, end),
+    )
+    rows = int(headers["x-rows"]) if headers.get("x-rows", "").isdigit() else None
+    _print_json({"path": str(dest), "rows": rows}) if as_json else click.echo(f"wrote {'?' if rows is None else rows} rows to {dest}")
 
 
 

@@ -52,14 +52,19 @@ class Client:
                 raise ShepherdError(f"{self.url}{path} answered with JSON that does not parse: is --url a Shepherd server?") from None
         return resp.text
 
-    def download(self, path: str, dest: Path, **kw: Any) -> dict[str, str]:
-        """Stream a GET response into `dest` (written to a temp file, renamed when complete); returns the headers."""
+    def download(self, path: str, dest: Path, media_type: str, what: str, **kw: Any) -> dict[str, str]:
+        """Stream a GET response of `media_type` (`what`, for the error) into `dest`, written to a temp
+        file and renamed when complete; returns the headers. Another type (a proxy's page, a server
+        that is not Shepherd) is refused before anything is written."""
         tmp = dest.with_name(dest.name + ".part")
         try:
             with self.http.stream("GET", path, **kw) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise _remote_error(resp)
+                got = resp.headers.get("content-type", "").split(";")[0].strip()
+                if got != media_type:
+                    raise ShepherdError(f"{self.url} answered {path} with {got or 'no content type'}, not {what}: is it Shepherd?")
                 with open(tmp, "wb") as f:
                     for chunk in resp.iter_bytes(1024 * 1024):
                         f.write(chunk)

@@ -83,9 +83,9 @@ def test_file_system_errors_are_one_line_naming_the_path(tmp_path: Path):
     assert r.exit_code == 2 and "cannot be read" in r.output, r.output
 
 
-def test_wait_ready_takes_only_shepherds_answer(tmp_path: Path):
-    """A server on the port that answers 200 but is not Shepherd is not taken for Shepherd ready;
-    the timeout names the last answer. A bad --url is named at once."""
+@pytest.fixture
+def not_shepherd():
+    """The URL of a server on loopback that answers every GET with 200 and an HTML page (a proxy's, say)."""
     import http.server
     import threading
 
@@ -93,6 +93,7 @@ def test_wait_ready_takes_only_shepherds_answer(tmp_path: Path):
         def do_GET(self):
             body = b"<html>proxy</html>"
             self.send_response(200)
+            self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -102,10 +103,25 @@ def test_wait_ready_takes_only_shepherds_answer(tmp_path: Path):
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        r = _run("wait-ready", "--url", f"http://127.0.0.1:{srv.server_port}", "--timeout", "0.5")
-    finally:
-        srv.shutdown()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+def test_wait_ready_takes_only_shepherds_answer(not_shepherd):
+    """A server on the port that answers 200 but is not Shepherd is not taken for Shepherd ready;
+    the timeout names the last answer. A bad --url is named at once."""
+    r = _run("wait-ready", "--url", not_shepherd, "--timeout", "0.5")
     assert r.exit_code == 1 and "was not ready" in r.output and "proxy" in r.output, r.output
     r = _run("wait-ready", "--url", "ftp://example", "--timeout", "0.5")
     assert r.exit_code == 1 and "--url" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_export_from_a_server_that_is_not_shepherd_writes_nothing(not_shepherd, tmp_path: Path, as_json: bool):
+    """`predictions export` against a server that answers 200 with something other than Parquet
+    (a proxy's page) says so in one line and leaves no file, instead of saving the page as the export."""
+    dest = tmp_path / "out.parquet"
+    r = _run("predictions", "export", "iris", str(dest), "--url", not_shepherd, "--token", "t", *(["--json"] if as_json else []))
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "text/html" in r.output and "not Parquet" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
