@@ -209,8 +209,9 @@ def test_rules_for_bad_operations(seeded):
     run(scenario())
 
 
-def test_cold_previous_is_reloaded_on_rollback(tmp_path, keys, make_bundle):
-    """With keep_previous_warm = false, promote unloads the old primary and rollback loads it back first."""
+@pytest.fixture
+def cold(tmp_path, keys, make_bundle):
+    """An appliance with serving.keep_previous_warm = false and versions 1 and 2 of tiny imported."""
     cfg = config_mod.parse(
         {"storage": {"data_dir": str(tmp_path / "cold")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)}, "serving": {"keep_previous_warm": False}}
     )
@@ -219,19 +220,24 @@ def test_cold_previous_is_reloaded_on_rollback(tmp_path, keys, make_bundle):
     try:
         for bias in (1.0, 2.0):
             appl.importer.import_file(make_bundle(bias=bias), actor="t")
-        mgr = appl.deployments
-
-        async def scenario():
-            for v in (1, 2):
-                await mgr.deploy("d", "tiny", v, actor="t")
-                await mgr.promote("d", actor="t")
-            assert mgr.get("d").slots.previous.loaded is None
-            await mgr.rollback("d", actor="t")
-            assert mgr.route("d")[1].version == 1
-
-        run(scenario())
+        yield appl
     finally:
         appl.close()
+
+
+def test_cold_previous_is_reloaded_on_rollback(cold):
+    """With keep_previous_warm = false, promote unloads the old primary and rollback loads it back first."""
+    mgr = cold.deployments
+
+    async def scenario():
+        for v in (1, 2):
+            await mgr.deploy("d", "tiny", v, actor="t")
+            await mgr.promote("d", actor="t")
+        assert mgr.get("d").slots.previous.loaded is None
+        await mgr.rollback("d", actor="t")
+        assert mgr.route("d")[1].version == 1
+
+    run(scenario())
 
 
 def test_retired_version_drains_before_release(seeded):
@@ -604,28 +610,18 @@ def test_an_undeploy_cancelled_during_its_write_still_removes_the_deployment(see
     assert deployment_rows(seeded) == []
 
 
-def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothing(tmp_path, keys, make_bundle, monkeypatch):
+def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothing(cold, monkeypatch):
     """With keep_previous_warm = false a rollback loads the previous version first; cancelled
     meanwhile, it leaves the slots and the record as they were and releases what it loaded."""
-    cfg = config_mod.parse(
-        {"storage": {"data_dir": str(tmp_path / "cold")}, "bundles": {"trusted_keys_dir": str(keys.trusted_dir)}, "serving": {"keep_previous_warm": False}}
-    )
-    appl = Appliance(cfg)
-    appl.start()
-    try:
-        for bias in (1.0, 2.0):
-            appl.importer.import_file(make_bundle(bias=bias), actor="t")
-        mgr = appl.deployments
-        for v in (1, 2):
-            run(mgr.deploy("d", "tiny", v, actor="t"))
-            run(mgr.promote("d", actor="t"))
-        before = deployment_rows(appl)
-        load = Held(mgr.load_version)
-        monkeypatch.setattr(mgr, "load_version", load)
-        cancel_while_held(load, mgr.rollback("d", actor="t"))
-        released_load(load)
-        assert slots(appl) == {"primary": 2, "previous": 1, "candidate": None}
-        assert mgr.get("d").slots.previous.loaded is None
-        assert deployment_rows(appl) == before
-    finally:
-        appl.close()
+    mgr = cold.deployments
+    for v in (1, 2):
+        run(mgr.deploy("d", "tiny", v, actor="t"))
+        run(mgr.promote("d", actor="t"))
+    before = deployment_rows(cold)
+    load = Held(mgr.load_version)
+    monkeypatch.setattr(mgr, "load_version", load)
+    cancel_while_held(load, mgr.rollback("d", actor="t"))
+    released_load(load)
+    assert slots(cold) == {"primary": 2, "previous": 1, "candidate": None}
+    assert mgr.get("d").slots.previous.loaded is None
+    assert deployment_rows(cold) == before
