@@ -53,6 +53,13 @@ def run(ref_rows: int, shift: float, args: argparse.Namespace) -> dict[str, floa
     def window_pass() -> np.ndarray:
         return rng.normal(loc=shift, size=(PASS * args.rows, features))
 
+    def per_window(memo: kernels.KsMemo) -> float:
+        """Seconds of kernel time per window of one fresh pass through `memo`."""
+        x = window_pass()
+        t0 = time.perf_counter()
+        kernels.numeric_drift_windows(profile, x, bounds, memo=memo)
+        return (time.perf_counter() - t0) / PASS
+
     # scipy: a few windows
     t_scipy = []
     for _ in range(args.scipy_windows):
@@ -62,22 +69,13 @@ def run(ref_rows: int, shift: float, args: argparse.Namespace) -> dict[str, floa
             stats.ks_2samp(x[:, j], ref[f"f{j}"])
         t_scipy.append(time.perf_counter() - t0)
     # computed: an empty table every pass
-    t_cold = []
-    for _ in range(max(1, args.windows // PASS // 5)):
-        x = window_pass()
-        memo = kernels.KsMemo()
-        t0 = time.perf_counter()
-        kernels.numeric_drift_windows(profile, x, bounds, memo=memo)
-        t_cold.append((time.perf_counter() - t0) / PASS)
+    t_cold = [per_window(kernels.KsMemo()) for _ in range(max(1, args.windows // PASS // 5))]
     # the table over the stream
     memo = kernels.KsMemo()
     t_warm, hits = [], []
     for _ in range(args.windows // PASS):
-        x = window_pass()
         before = memo.stats()
-        t0 = time.perf_counter()
-        kernels.numeric_drift_windows(profile, x, bounds, memo=memo)
-        t_warm.append((time.perf_counter() - t0) / PASS)
+        t_warm.append(per_window(memo))
         after = memo.stats()
         looked = (after["hits"] - before["hits"]) + (after["computed"] - before["computed"])
         if looked:  # none where the sizes are equal: that exact p-value is cheap and never looked up
