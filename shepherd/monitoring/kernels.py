@@ -601,9 +601,7 @@ def ks_pvalue(d: float, n1: int, n2: int) -> tuple[float, float]:
     if d <= 0.0:
         return d, 1.0
     if max(n1, n2) <= KS_EXACT_MAX_N:
-        g = math.gcd(n1, n2)
-        lcm = (n1 // g) * n2
-        h = _round_half_even(d * lcm)
+        g, lcm, h = _ks_lattice(d, n1, n2)
         d = h * 1.0 / lcm
         if h == 0:
             return d, 1.0
@@ -613,6 +611,14 @@ def ks_pvalue(d: float, n1: int, n2: int) -> tuple[float, float]:
         if 0.0 <= prob <= 1.0:
             return d, prob
     return d, _ks_asymptotic(d, n1, n2)
+
+
+@njit(cache=True)
+def _ks_lattice(d: float, n1: int, n2: int) -> tuple[int, int, int]:
+    """(gcd, lcm, h) of the exact path: the statistic is h / lcm, h = round(d * lcm) (half to even, as scipy)."""
+    g = math.gcd(n1, n2)
+    lcm = (n1 // g) * n2
+    return g, lcm, _round_half_even(d * lcm)
 
 
 @njit(cache=True)
@@ -682,9 +688,7 @@ def _ks_memo_pvalue(d: float, n1: int, n2: int, keys: np.ndarray, vals: np.ndarr
     """ks_pvalue through the table: (statistic, p-value, 0), or (statistic, NaN, key) for an exact
     p-value not in it yet, or (statistic, p-value, -1) for one that was."""
     if d > 0.0 and n1 != n2 and max(n1, n2) <= KS_EXACT_MAX_N:
-        g = math.gcd(n1, n2)
-        lcm = (n1 // g) * n2
-        h = _round_half_even(d * lcm)
+        _, lcm, h = _ks_lattice(d, n1, n2)
         if h > 0:
             key = _ks_key(n1, n2, h)
             i = _memo_slot(keys, key)
