@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/record_cost.py --base DIR [--batches 1,4,8] [--requests 200000] [--repeats 3]
 
-A diagnostic with no peer (benchmarks/README.md, "The log's write, in process and served"). It times the deployment
-manager's hook, the call the batcher makes for every batch the model answered
-(`DeploymentManager._record`), over `--requests` one-row requests to the serving benchmark's
-model signature (30 FP32 inputs; a label and two probabilities out) in batches of each size in
-`--batches`, into a real `PredictionLog` whose flusher never runs during the timing (the rows stay
-buffered). Garbage collection is set as `shepherd serve`
-sets it (`service.settle_heap`).
+A diagnostic with no peer (benchmarks/README.md, "The log's write, in process and served"). It
+times the deployment manager's hook, the call the batcher makes for every batch the model
+answered (`DeploymentManager._record`), over `--requests` one-row requests to the serving
+benchmark's model signature (30 FP32 inputs; a label and two probabilities out) in batches of
+each size in `--batches`, into a real `PredictionLog` whose flusher never runs during the timing
+(the rows stay buffered). Garbage collection is set as `shepherd serve` sets it
+(`service.settle_heap`).
 
 Each tree runs in a fresh interpreter with its `shepherd` package first on the path: `--base DIR`
 (a `git worktree` of an older commit, say) and this checkout. Prints µs of the serving thread per

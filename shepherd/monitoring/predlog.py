@@ -85,7 +85,7 @@ def _placed(tensors: list[Tensor]) -> tuple[list[tuple[str, slice, int]], int]:
 class Segment:
     """Preallocated columns for the rows of one (deployment, model, version, slot); filled on the request path."""
 
-    __slots__ = ("labels", "columns", "n", "ids", "row", "ts", "latency", "x", "y", "targets")
+    __slots__ = ("labels", "columns", "n", "ids", "row", "ts", "latency", "x", "y")
 
     def __init__(self, labels: tuple, columns: Columns, capacity: int) -> None:
         self.labels = labels
@@ -97,12 +97,6 @@ class Segment:
         self.latency = np.empty(capacity, np.float32)  # microseconds
         self.x = np.empty((capacity, columns.x_width))
         self.y = np.empty((capacity, columns.y_width))
-        # Each tensor's columns as a (capacity, width) view, made once: a write is then one
-        # assignment per tensor, without slicing the segment or reshaping a (rows, width) tensor.
-        self.targets = tuple(
-            (tuple((name, dest[:, where], width) for name, where, width in placed), is_input)
-            for dest, placed, is_input in ((self.x, columns.x, True), (self.y, columns.y, False))
-        )
 
     @property
     def capacity(self) -> int:
@@ -121,31 +115,23 @@ class Segment:
         n = self.n
         m = end - first
         stop = n + m
-        for placed, is_input in self.targets:
-            tensors = inputs if is_input else outputs
-            for name, view, width in placed:
+        cols = self.columns
+        for dest, placed, tensors in ((self.x, cols.x, inputs), (self.y, cols.y, outputs)):
+            for name, where, width in placed:
                 a = tensors.get(name)
                 if a is None:  # an optional tensor absent from this request: no value
-                    view[n:stop] = np.nan
+                    dest[n:stop, where] = np.nan
                     continue
                 if a.ndim == 0 or len(a) != total:
                     raise ValueError(f"{name}: {a.shape[0] if a.ndim else 0} rows where the requests have {total}")
                 if m != total:
                     a = a[first:end]
-                if a.ndim != 2 or a.shape[1] != width:  # (rows,) and (rows, 2, 3) tensors; a wrong width raises here
-                    a = a.reshape(m, width)
-                view[n:stop] = a
-        if m == 1 and len(run) == 1:  # one request of one row (no load): scalars, not slices
-            r = run[0]
-            self.ts[n] = ts_us
-            self.latency[n] = r[2] * 1e6
-            self.ids.append(r[1])
-        elif len(run) == m:  # one row each: the usual case under load
-            self.ts[n:stop] = ts_us
+                dest[n:stop, where] = a.reshape(m, width)
+        self.ts[n:stop] = ts_us
+        if len(run) == m:  # one row each: the usual case
             self.latency[n:stop] = [r[2] * 1e6 for r in run]
             self.ids.extend([r[1] for r in run])
         else:
-            self.ts[n:stop] = ts_us
             ks = [r[3] for r in run]
             self.latency[n:stop] = np.repeat([r[2] * 1e6 for r in run], ks)
             at = n
@@ -229,7 +215,7 @@ class PredictionLog:
         ts_us = time.time_ns() // 1000
         sampled = cfg.sample_rate < 1.0
         written = 0
-        total = requests[0][3] if len(requests) == 1 else sum(r[3] for r in requests)  # rows of the stacked tensors
+        total = sum(r[3] for r in requests)  # rows of the stacked tensors
         run: list[Answered] = []
         first = row = 0  # the run's first row, and the next request's
         with self._lock:
