@@ -33,6 +33,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def promoted(mgr: Any, *versions: int) -> None:
+    """Deploy each version of model "tiny" to deployment "d" and promote it, in order: the last is primary, the one before previous."""
+    for v in versions:
+        await mgr.deploy("d", "tiny", v, actor="t")
+        await mgr.promote("d", actor="t")
+
+
 def slots(appl: Appliance, name: str = "d") -> dict[str, int | None]:
     return appl.deployments.get(name).slots.versions()
 
@@ -148,9 +155,7 @@ def test_restart_restores_slots(seeded, config):
     mgr = seeded.deployments
 
     async def scenario():
-        for v in (1, 2):
-            await mgr.deploy("d", "tiny", v, actor="t")
-            await mgr.promote("d", actor="t")
+        await promoted(mgr, 1, 2)
         await mgr.deploy("d", "tiny", 3, actor="t")
 
     run(scenario())
@@ -230,9 +235,7 @@ def test_cold_previous_is_reloaded_on_rollback(cold):
     mgr = cold.deployments
 
     async def scenario():
-        for v in (1, 2):
-            await mgr.deploy("d", "tiny", v, actor="t")
-            await mgr.promote("d", actor="t")
+        await promoted(mgr, 1, 2)
         assert mgr.get("d").slots.previous.loaded is None
         await mgr.rollback("d", actor="t")
         assert mgr.route("d")[1].version == 1
@@ -301,9 +304,7 @@ def test_rollback_does_not_wait_for_a_slow_deploy(seeded):
         return original(name, model, version)
 
     async def scenario():
-        for v in (1, 2):
-            await mgr.deploy("d", "tiny", v, actor="t")
-            await mgr.promote("d", actor="t")
+        await promoted(mgr, 1, 2)
         mgr.load_version = slow
         deploying = asyncio.create_task(mgr.deploy("d", "tiny", 3, actor="t"))
         await asyncio.sleep(0.1)
@@ -322,9 +323,7 @@ def test_deployed_versions_cannot_be_archived(seeded):
     mgr = seeded.deployments
 
     async def scenario():
-        for v in (1, 2):
-            await mgr.deploy("d", "tiny", v, actor="t")
-            await mgr.promote("d", actor="t")
+        await promoted(mgr, 1, 2)
 
     run(scenario())
     with pytest.raises(Conflict, match="deployment"):
@@ -614,9 +613,7 @@ def test_a_rollback_cancelled_while_it_loads_the_previous_version_changes_nothin
     """With keep_previous_warm = false a rollback loads the previous version first; cancelled
     meanwhile, it leaves the slots and the record as they were and releases what it loaded."""
     mgr = cold.deployments
-    for v in (1, 2):
-        run(mgr.deploy("d", "tiny", v, actor="t"))
-        run(mgr.promote("d", actor="t"))
+    run(promoted(mgr, 1, 2))
     before = deployment_rows(cold)
     load = Held(mgr.load_version)
     monkeypatch.setattr(mgr, "load_version", load)
