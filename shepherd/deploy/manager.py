@@ -352,8 +352,9 @@ async def _settle(write: concurrent.futures.Future[T]) -> tuple[T, bool]:
     already on the writer thread cannot be called back, and is waited for to the end. Raises
     CancelledError when the write never ran, or failed after the caller was cancelled; the write's
     own error when it failed otherwise. Returns its result and whether the caller was cancelled,
-    for the caller to make memory follow the committed write before it raises the cancellation. No asyncio task stands between the caller and the write, so a shutdown that
-    cancels every task cannot lose the outcome either.
+    for the caller to make memory follow the committed write before it raises the cancellation.
+    No asyncio task stands between the caller and the write, so a shutdown that cancels every task
+    cannot lose the outcome either.
     """
     cancelled = False
     while not write.done():
