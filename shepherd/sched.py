@@ -66,10 +66,15 @@ def thread_slice_us(tid: int = 0) -> float | None:
     calls = _syscalls()
     if calls is None:
         return None
+    return _get_attr(calls, tid).sched_runtime / 1000 or None
+
+
+def _get_attr(calls: tuple, tid: int) -> _SchedAttr:
+    """sched_getattr of thread `tid` (0: the calling thread)."""
     libc, _, get = calls
     attr = _SchedAttr()
     _call(libc.syscall, get, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
-    return attr.sched_runtime / 1000 or None
+    return attr
 
 
 def set_thread_slice(us: int) -> float | None:
@@ -82,9 +87,8 @@ def set_thread_slice(us: int) -> float | None:
     calls = _syscalls()
     if calls is None:
         return None
-    libc, set_, get = calls
-    attr = _SchedAttr()
-    _call(libc.syscall, get, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    libc, set_, _ = calls
+    attr = _get_attr(calls, 0)
     if attr.sched_policy not in (os.SCHED_OTHER, os.SCHED_BATCH):  # SCHED_IDLE or real-time: no slice to ask for
         return None
     attr.size = ctypes.sizeof(attr)
