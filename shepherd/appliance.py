@@ -20,6 +20,7 @@ from shepherd.errors import ShepherdError
 from shepherd.monitoring.alerts import AlertManager
 from shepherd.monitoring.monitor import Monitor
 from shepherd.monitoring.predlog import PredictionLog
+from shepherd.monitoring.profile import as_float
 from shepherd.monitoring.references import References
 from shepherd.serving.metrics import ServingMetrics
 from shepherd.store import registry
@@ -114,7 +115,9 @@ class Appliance:
         if ref is not None:
             with duckdb.connect() as con:
                 table = con.execute("SELECT * FROM read_parquet(?)", [str(self.blobs.path(ref.sha256))]).fetchnumpy()
-            table = {k: np.asarray(v) for k, v in table.items()}
+            # NULLs of a numeric column stay missing (NaN), as the profile counts them; other columns
+            # come back with None where NULL, which the profile also counts as missing
+            table = {k: as_float(v) if np.ma.is_masked(v) and v.dtype.kind in "iufb" else np.asarray(v) for k, v in table.items()}
         return rec.signature, rec.metrics, table
 
     def model_runner(self, model: str, version: int):

@@ -166,7 +166,7 @@ class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
         n = _column_length(columns, names)
         out = np.empty((n, len(names)), dtype=np.float64)
         for j, name in enumerate(names):
-            out[:, j] = _as_float(_require(columns, name))
+            out[:, j] = as_float(_require(columns, name))
         return out
 
     def categorical_codes(self, columns: Mapping[str, Any]) -> np.ndarray:
@@ -215,7 +215,7 @@ def build_profile(
         if name in categorical or kind in "bUSO":
             cats.append(_categorical_feature(name, arr, n_rows))
         elif kind in "iuf":
-            values = _as_float(arr)
+            values = as_float(arr)
             sample = np.sort(values[np.isfinite(values)])
             n = int(sample.shape[0])
             e = _bin_edges(sample, n_bins)
@@ -319,8 +319,11 @@ def _column_length(columns: Mapping[str, Any], names: list[str]) -> int:
     return lengths.pop() if lengths else 0
 
 
-def _as_float(arr: np.ndarray) -> np.ndarray:
-    """Float64 copy of a numeric column with masked (NULL) entries as NaN."""
+def as_float(arr: np.ndarray) -> np.ndarray:
+    """Float64 copy of a numeric column with masked (NULL) entries as NaN.
+
+    DuckDB's `fetchnumpy` returns a column with NULLs as a masked array; `np.asarray` of it would read
+    each NULL as its placeholder (0), a value that was never there."""
     if isinstance(arr, np.ma.MaskedArray):
         mask = np.ma.getmaskarray(arr)
         out = np.asarray(arr.data, dtype=np.float64).copy()

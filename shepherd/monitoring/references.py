@@ -117,9 +117,13 @@ class References:
         outputs = None
         if run_model is not None and len(layout.inputs) == 1 and layout.outputs:
             t = layout.inputs[0]
+            dtype = np.dtype(_numpy_type(t.datatype))
+            # an integer or boolean input has no missing value to give the model: the rows that have one
+            # (a NULL in reference.parquet) are left out of the outputs' profile
+            rows = matrix if dtype.kind == "f" else matrix[~np.isnan(matrix).any(axis=1)]
             try:
-                out = run_model({t.name: matrix.astype(_numpy_type(t.datatype)).reshape(-1, *_inner(t))})
-                y = np.hstack([np.asarray(out[o.name], dtype=np.float64).reshape(len(matrix), o.width) for o in layout.outputs])
+                out = run_model({t.name: rows.astype(dtype).reshape(-1, *_inner(t))})
+                y = np.hstack([np.asarray(out[o.name], dtype=np.float64).reshape(len(rows), o.width) for o in layout.outputs])
                 outputs = profile_matrix(layout.y_names, y, bins, categorical)
             except Exception as err:  # the input example does not fit the model: inputs only
                 log.warning("reference_outputs_failed", model=model, version=version, error=str(err))

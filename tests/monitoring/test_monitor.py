@@ -192,6 +192,69 @@ def test_a_reference_stored_meanwhile_is_kept_and_adopting_over_it_is_refused(ap
     assert appl.references.info("iris", 1) == before
 
 
+def test_nulls_in_a_bundles_reference_are_missing_values_not_zeros(appliance: Appliance, keys, tmp_path: Path):
+    """A NULL in reference.parquet (pandas writes NaN as one) is a missing value of the reference: NaN in the
+    version's table and counted in the profile's missing rate, never a zero in its bins and sorted sample.
+    DuckDB's fetchnumpy masks NULLs, and a masked array read as a plain one gives 0 in their place."""
+    import hashlib
+
+    from shepherd.bundles.create import create
+    from tests.conftest import METADATA, write_model
+
+    work = tmp_path / "nulls"
+    work.mkdir()
+    meta = work / "meta.toml"
+    meta.write_text(METADATA.format(name="tiny", digest=hashlib.sha256(b"nulls").hexdigest()))
+    ref = work / "reference.parquet"
+    duckdb.execute(
+        "COPY (SELECT CASE WHEN i % 4 = 0 THEN NULL ELSE 5 + random() END AS a, "
+        "CASE WHEN i % 5 = 0 THEN NULL ELSE i END::BIGINT AS b, 5 + random() AS c FROM range(100) t(i)) "
+        f"TO '{ref}' (FORMAT parquet)"
+    )
+    create(model=write_model(work / "model.onnx"), metadata=meta, out=work / "tiny.shb", reference=ref, sign_key=keys.private)
+    appliance.importer.import_file(work / "tiny.shb", actor="t")
+
+    _, _, table = appliance.version_info("tiny", 1)
+    assert np.isnan(table["a"]).sum() == 25 and np.nanmin(table["a"]) >= 5
+    assert np.isnan(table["b"]).sum() == 20 and np.nanmin(table["b"]) == 1
+    assert not np.isnan(table["c"]).any()
+
+    asyncio.run(appliance.deployments.deploy("tiny", "tiny", 1, actor="t"))  # the model runs over the reference too
+    deadline = time.monotonic() + 60
+    while appliance.references.get("tiny", 1) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    profile = appliance.references.get("tiny", 1)
+    assert profile is not None and profile.outputs is not None
+    inputs = {f.name: f for f in profile.inputs.numeric}
+    assert (inputs["a"].n_missing, inputs["a"].n_values, inputs["a"].missing_rate) == (25, 75, 0.25)
+    assert (inputs["b"].n_missing, inputs["b"].missing_rate) == (20, 0.2)
+    assert profile.inputs.sample("a").min() >= 5 and profile.inputs.sample("b").min() == 1
+    # y = x + 1 over the same rows: a missing input is a missing output, not 0 + 1
+    outputs = profile.outputs.numeric
+    assert [f.n_missing for f in outputs] == [25, 20, 0]
+    assert profile.outputs.sample(outputs[0].name).min() >= 6
+
+
+def test_an_integer_input_gets_the_reference_rows_without_a_missing_value(appliance: Appliance):
+    """An INT64 input has no NaN to give the model: the outputs' profile runs the model over the reference
+    rows that have every feature, while the inputs' profile still counts the missing ones."""
+    from shepherd.monitoring.layout import build_layout
+
+    sig = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [-1, 2]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
+    table = {"a": np.array([1.0, np.nan, 3.0, 4.0]), "b": np.array([1.0, 2.0, 3.0, np.nan])}
+    fed = []
+
+    def run(feed):
+        fed.append(feed["x"])
+        return {"y": feed["x"].sum(axis=1, keepdims=True).astype(np.float32)}
+
+    ref = appliance.references.from_bundle("ints", 1, table, build_layout(sig, ["a", "b"]), 10, [], run)
+    assert fed[0].dtype == np.int64 and fed[0].tolist() == [[1, 1], [3, 3]]
+    assert [f.n_missing for f in ref.inputs.numeric] == [1, 1]
+    assert ref.outputs is not None and ref.outputs.numeric[0].n_values == 2
+    assert ref.outputs.sample(ref.outputs.numeric[0].name).tolist() == [2.0, 6.0]
+
+
 def test_a_multi_row_request_is_logged_row_by_row(appl: Appliance):
     """A request of 3 rows becomes 3 logged rows: one id, row indices 0-2, each row's inputs and outputs."""
     rows = reference_like(3, seed=7)
