@@ -137,6 +137,9 @@ class Monitor:
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, int], StreamState] = {}
         self._feedback_seen = -1  # EventStore.feedback_generation at the last pass that read feedback
+        # The error streams read labels received from now on: the detectors' state starts fresh in each
+        # process, and replaying every stored label into them would raise an old incident again.
+        self._labels_from = datetime.now(UTC)
         self._warned: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
         self._stop = threading.Event()
@@ -540,6 +543,7 @@ class Monitor:
         if state is None:
             state = self._streams[key] = StreamState(t.task == "classification")
             state.score_seq = self.events.last_window(deployment, version)[1]  # start from the present, not the whole history
+            state.error_received = self._labels_from
         labels = (deployment, model, str(version))
         new = self.events.outputs_since(deployment, version, state.score_seq, 100_000)
         if new.num_rows:

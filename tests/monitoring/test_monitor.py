@@ -565,6 +565,45 @@ def test_error_stream_detector_raises_a_warning(appl: Appliance):
     assert len(found) == 1 and found[0].level == "warning"
 
 
+def test_the_error_stream_starts_from_the_present_after_a_restart(mon_config: config_mod.Config, iris: Path):
+    """The detectors' state is in memory and starts fresh: after a restart the labels stored before it are not
+    replayed into them (that would raise the old incident again), and labels that arrive after it are read."""
+    from shepherd.monitoring import feedback as fb
+
+    def bad_then(a: Appliance, good: int, bad: int, seed: int) -> None:
+        answers = serve(a, [reference_like(1, seed=seed + i) for i in range(good + bad)])
+        preds = [x["outputs"][0]["data"][0] for x in answers]
+        fb.ingest(a.events, a.predlog, [fb.Label(x["id"], float(p)) for x, p in zip(answers[:good], preds[:good])])
+        a.monitor.tick()
+        fb.ingest(a.events, a.predlog, [fb.Label(x["id"], float((p + 1) % 3)) for x, p in zip(answers[good:], preds[good:])])
+        a.monitor.tick()
+
+    def incident(a: Appliance):
+        (found,) = [x for x in a.alerts.list(deployment="iris") if x.kind == "error_stream_drift"]
+        return found
+
+    def detections(a: Appliance) -> float:
+        return a.metrics.registry.get_sample_value(
+            "shepherd_stream_drift_detections", {"deployment": "iris", "model": "iris", "version": "1", "stream": "error"}) or 0.0
+
+    first = _serving_iris(mon_config, iris)
+    try:
+        bad_then(first, 300, 100, seed=0)
+        assert incident(first).occurrences == 1
+    finally:
+        first.close()
+    again = Appliance(mon_config)
+    again.start()
+    try:
+        again.monitor.tick()
+        again.monitor.tick()
+        assert detections(again) == 0 and incident(again).occurrences == 1
+        bad_then(again, 300, 100, seed=1000)  # the same incident again, after the restart: read, and deduplicated
+        assert detections(again) >= 1 and incident(again).occurrences == 2
+    finally:
+        again.close()
+
+
 def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appliance, policies: Path):
     """With window_seconds, closed windows are evaluated on their rows, and a window without rows is stored as 'no data'."""
     from datetime import timedelta
