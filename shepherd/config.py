@@ -211,7 +211,7 @@ class AlertPolicy(Section, kw_only=True):
     webhook_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     """Further attempts after a failed webhook POST (connection error, 5xx or 429)."""
     webhook_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.5
-    """Wait before the first retry; doubles on each further retry."""
+    """Wait before the first retry; doubles on each further retry, up to 30 s a wait (webhook.WebhookSender.max_backoff_s)."""
 
 
 class Policy(Section, kw_only=True):
