@@ -186,7 +186,8 @@ class PerformancePolicy(Section, kw_only=True):
     score_output: str = ""
     """Output holding class probabilities, for ROC AUC and the score stream; "" = the first 2-D float output other than the label."""
     baseline_metric: str = ""
-    """Key in the version's bundle metrics to compare with ("" = accuracy for classifiers, rmse for regressors)."""
+    """Key in the version's bundle metrics to compare with ("" = accuracy for classifiers, rmse for regressors).
+    A version whose bundle lacks it gets no Critical or Emergency alert (logged once: performance_baseline_missing)."""
     window_labels: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 500
     """Performance is computed over the most recent this many labelled requests of a version."""
     min_labels: Annotated[int, msgspec.Meta(ge=1)] = 50

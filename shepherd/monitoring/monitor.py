@@ -141,6 +141,7 @@ class Monitor:
         # process, and replaying every stored label into them would raise an old incident again.
         self._labels_from = datetime.now(UTC)
         self._warned: set[tuple[str, int]] = set()
+        self._no_baseline: set[tuple[str, int, str]] = set()  # (model, version, metric) without a bundle baseline, logged once
         self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
         self._stop = threading.Event()
         self._wake = threading.Event()  # stop, or a version was loaded (version_loaded)
@@ -519,6 +520,12 @@ class Monitor:
                 self.g_perf.labels(deployment, model, str(version), name).set(value)
         pp = policy.performance
         drop = result["drop"]
+        if result["baseline"] is None and (model, version, result["baseline_metric"]) not in self._no_baseline:
+            self._no_baseline.add((model, version, result["baseline_metric"]))
+            log.warning(
+                "performance_baseline_missing", deployment=deployment, model=model, version=version, metric=result["baseline_metric"],
+                effect="no Critical or Emergency alert for this version; set [performance] baseline_metric to a metric its bundle has",
+            )
         if drop is None or result["n_labels"] < pp.min_labels:
             return
         level = "emergency" if drop > pp.emergency_drop else "critical" if drop > pp.critical_drop else None

@@ -386,6 +386,28 @@ def test_performance_drop_raises_critical_then_emergency(appl: Appliance):
     assert 'shepherd_model_performance{deployment="iris",metric="accuracy",model="iris",version="1"} 0.7' in _metrics(appl)
 
 
+def test_a_baseline_metric_the_bundle_lacks_is_logged_once(appl: Appliance, policies: Path):
+    """With no bundle metric to compare with there is no drop, so no Critical or Emergency alert can come:
+    the operator hears of it once per version and metric, not on every pass, and not at all when the metric exists."""
+    from structlog.testing import capture_logs
+
+    from shepherd.monitoring import feedback as fb
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(60)])
+    preds = [a["outputs"][0]["data"][0] for a in answers]
+    with capture_logs() as logs:
+        fb.ingest(appl.events, appl.predlog, [fb.Label(a["id"], float(p)) for a, p in zip(answers[:30], preds[:30])])
+        appl.monitor.tick()  # accuracy: in the iris bundle's metrics
+        (policies / "iris.toml").write_text((policies / "iris.toml").read_text() + 'baseline_metric = "f1"\n')
+        for chunk in (answers[30:45], answers[45:]):
+            fb.ingest(appl.events, appl.predlog, [fb.Label(a["id"], 0.0) for a in chunk])
+            appl.monitor.tick()
+    missing = [e for e in logs if e["event"] == "performance_baseline_missing"]
+    assert [(e["model"], e["version"], e["metric"]) for e in missing] == [("iris", 1, "f1")]
+    perf = appl.monitor.evaluate_performance("iris", "iris", 1, appl.monitor.policy("iris"))
+    assert perf["baseline"] is None and perf["drop"] is None and perf["metrics"]["f1"] is not None
+
+
 def test_invalid_policy_file_keeps_the_last_good_policy(appl: Appliance, policies: Path):
     """An edited policy that fails validation is refused and the previous one stays in force."""
     assert appl.monitor.policy("iris").drift.window_rows == 200
