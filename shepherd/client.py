@@ -16,8 +16,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 class RemoteError(ShepherdError):
     """The server answered with an error; `status` and `message` come from its response."""
 
-    def __init__(self, status: int, message: str, code: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, code: str = "", field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.status = status
         self.code = code or "HTTP_ERROR"
 
@@ -88,12 +88,15 @@ class Client:
 
 
 def _remote_error(resp: httpx.Response) -> RemoteError:
-    """The error a server answered with: Shepherd's JSON `error` (or MLflow's `message`), else the start of the body."""
+    """The error a server answered with: Shepherd's JSON `error` (or MLflow's `message`) and the `field` it names,
+    else the start of the body."""
     try:
         body = resp.json()
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error") or body.get("message"), str):
-        return RemoteError(resp.status_code, body.get("error") or body.get("message"), str(body.get("code", "")))
+        field = body.get("field")
+        return RemoteError(resp.status_code, body.get("error") or body.get("message"), str(body.get("code", "")),
+                           field=field if isinstance(field, str) and field else None)
     text = " ".join((resp.text or resp.reason_phrase).split())
     return RemoteError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}: {text[:200]}" if text else f"HTTP {resp.status_code}")

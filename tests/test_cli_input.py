@@ -125,3 +125,27 @@ def test_an_export_from_a_server_that_is_not_shepherd_writes_nothing(not_shepher
     assert r.exit_code == 1 and r.output.startswith("error: ") and "text/html" in r.output and "not Parquet" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_error_is_one_line_that_names_the_field_to_blame(monkeypatch, tmp_path: Path):
+    """A 400 whose body names a `field` prints it in front of the message (a batch of thousands of labels says which
+    one), and not twice when the message already names it."""
+    import httpx
+
+    from shepherd.client import _remote_error
+
+    answers = iter([
+        {"error": "request_id must be 1 to 256 characters", "code": "INVALID_PARAMETER_VALUE", "field": "labels[3].request_id"},
+        {"error": "label is required", "code": "INVALID_PARAMETER_VALUE", "field": "label"},
+    ])
+
+    def fake(self: Client, method: str, path: str, **kw: Any) -> Any:
+        raise _remote_error(httpx.Response(400, json=next(answers)))
+
+    monkeypatch.setattr(Client, "request", fake)
+    f = tmp_path / "labels.jsonl"
+    f.write_text('{"request_id": "a", "label": 1}\n')
+    r = _run("feedback", str(f))
+    assert r.exit_code == 1 and r.output == "error: labels[3].request_id: request_id must be 1 to 256 characters\n", r.output
+    r = _run("feedback", "--id", "a", "--label", "1")
+    assert r.exit_code == 1 and r.output == "error: label is required\n", r.output

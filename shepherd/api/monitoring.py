@@ -70,7 +70,7 @@ class MonitoringController(Controller):
         """Ground truth by request id, one label or a batch; unknown ids come back in `unknown`; the newest label wins."""
         appl = _app(request)
         items = data.items()
-        return await anyio.to_thread.run_sync(lambda: feedback.ingest(appl.events, appl.predlog, items))
+        return await anyio.to_thread.run_sync(lambda: feedback.ingest(appl.events, appl.predlog, items, single=data.labels is None))
 
     @get("/deployments/{name:str}/drift", opt=VIEWER)
     async def drift(

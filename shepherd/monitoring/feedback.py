@@ -68,23 +68,26 @@ class FeedbackResult(msgspec.Struct, kw_only=True):
     """Labels whose request row is not in the prediction log; not stored."""
 
 
-def validate(items: list[Label]) -> None:
+def validate(items: list[Label], single: bool = False) -> None:
+    """Check labels; an error names the field as the request has it: `labels[i].row` in a batch, `row` for a
+    `single` label sent as request_id + label."""
     if not items:
         raise InvalidInput("labels is empty", field="labels")
     if len(items) > MAX_LABELS:
         raise InvalidInput(f"at most {MAX_LABELS} labels per request (got {len(items)})", field="labels")
     for i, item in enumerate(items):
+        at = "" if single else f"labels[{i}]."
         if not item.request_id or len(item.request_id) > 256:
-            raise InvalidInput("request_id must be 1 to 256 characters", field=f"labels[{i}].request_id")
+            raise InvalidInput("request_id must be 1 to 256 characters", field=f"{at}request_id")
         if not math.isfinite(item.label):
-            raise InvalidInput("label must be a finite number", field=f"labels[{i}].label")
+            raise InvalidInput("label must be a finite number", field=f"{at}label")
         if not 0 <= item.row <= MAX_ROW:
-            raise InvalidInput(f"row must be 0 to {MAX_ROW}", field=f"labels[{i}].row")
+            raise InvalidInput(f"row must be 0 to {MAX_ROW}", field=f"{at}row")
 
 
-def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label]) -> FeedbackResult:
-    """Store the labels whose request rows are logged; report the rest."""
-    validate(items)
+def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label], single: bool = False) -> FeedbackResult:
+    """Store the labels whose request rows are logged; report the rest (`single`: see validate)."""
+    validate(items, single)
     if predlog is not None:
         predlog.flush()
     latest: dict[tuple[str, int], Label] = {}

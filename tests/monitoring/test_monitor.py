@@ -484,6 +484,9 @@ def test_http_feedback_drift_performance_export(client, appl: Appliance, tmp_pat
         ({"labels": []}, "labels"),
         ({"labels": [{"request_id": "", "label": 1}]}, "labels[0].request_id"),
         ({"labels": [{"request_id": "a", "label": 1, "row": -1}]}, "labels[0].row"),
+        ({"labels": [{"request_id": "a", "label": 1}, {"request_id": "b" * 257, "label": 1}]}, "labels[1].request_id"),
+        ({"request_id": "", "label": 1}, "request_id"),
+        ({"request_id": "a", "label": 1, "row": -1}, "row"),
         ({"request_id": "a", "label": 1, "labels": [{"request_id": "a", "label": 1}]}, "labels"),
     ],
 )
