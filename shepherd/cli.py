@@ -53,8 +53,8 @@ def _reporting(call: Callable[[], Any]) -> Any:
     """Run `call`; an error the user can act on is one line on stderr and exit status 1."""
     try:
         return call()
-    except ShepherdError as err:  # the field to blame first, unless the message already names it
-        _fail(f"{err.field}: {err.message}" if err.field and err.field not in err.message else err.message)
+    except ShepherdError as err:
+        _fail(err.message)
     except OSError as err:  # a file or directory the command was given: missing, a directory, not writable
         _fail(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
     except UnicodeDecodeError as err:

@@ -95,8 +95,10 @@ def _remote_error(resp: httpx.Response) -> RemoteError:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error") or body.get("message"), str):
-        field = body.get("field")
-        return RemoteError(resp.status_code, body.get("error") or body.get("message"), str(body.get("code", "")),
-                           field=field if isinstance(field, str) and field else None)
+        message, field = body.get("error") or body.get("message"), body.get("field")
+        field = field if isinstance(field, str) and field else None
+        if field and field not in message:  # the field to blame first: which of a batch's thousands of labels
+            message = f"{field}: {message}"
+        return RemoteError(resp.status_code, message, str(body.get("code", "")), field=field)
     text = " ".join((resp.text or resp.reason_phrase).split())
     return RemoteError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}: {text[:200]}" if text else f"HTTP {resp.status_code}")
