@@ -182,8 +182,7 @@ class PredictionLog:
         self._seq = events.next_seq()
         self._requested = 0  # flush generations asked for by flush(); the flusher serves them in order
         self._served = 0
-        self._last_retention = -math.inf  # the first flush applies retention at once
-        self._last_results_retention = -math.inf
+        self._last_results_retention = -math.inf  # the first retention pass (at start) does the results too
         self.rows = Counter("shepherd_prediction_log_rows", "Request rows written to the prediction log", registry=registry)
         self.dropped = Counter(
             "shepherd_prediction_log_dropped", "Requests not logged because the buffer was full", registry=registry
@@ -197,6 +196,9 @@ class PredictionLog:
         self.buffered.set_function(lambda: self._rows)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
+        self._retention_stop = threading.Event()
+        self._retainer = threading.Thread(target=self._retain_loop, name="prediction-log-retention", daemon=True)
+        self._retainer.start()
 
     # -- request path ---------------------------------------------------------------------
 
@@ -288,10 +290,13 @@ class PredictionLog:
             return self._flushed.wait_for(lambda: self._served >= target or self._stop, timeout)
 
     def close(self) -> None:
-        """Flush everything and stop the thread (graceful shutdown); serving has stopped by then."""
+        """Flush everything and stop the threads (graceful shutdown); serving has stopped by then. A retention
+        pass under way is finished, not cut short; none is started."""
         self._stop = True
+        self._retention_stop.set()
         self._wake.set()
         self._thread.join()
+        self._retainer.join()
 
     def _run(self) -> None:
         while True:
@@ -311,7 +316,6 @@ class PredictionLog:
                     self._wake.set()  # retry now, not after a whole interval; a waiting flush() is still owed
                     continue
                 failed = True  # stopping: one failure at close is final (logged), not retried forever
-            self._maybe_retain()
             with self._flushed:
                 self._served = max(self._served, target)
                 self._flushed.notify_all()
@@ -345,13 +349,20 @@ class PredictionLog:
         self._seq += rows
         self.rows.inc(rows)
 
-    def _maybe_retain(self) -> None:
+    def _retain_loop(self) -> None:
+        """Retention on a thread of its own: at start, then every RETENTION_EVERY_S. On the flusher's thread a long
+        DELETE (a large table, the feedback it orphans) held up the flushes behind it, which stretched the crash
+        bound (one flush interval) by as much and let the buffers fill. DuckDB appends and deletes in separate
+        transactions without conflict: the INSERTs go on meanwhile."""
+        while True:
+            self._retain()
+            if self._retention_stop.wait(RETENTION_EVERY_S):
+                return
+
+    def _retain(self) -> None:
         now = time.monotonic()
-        if now - self._last_retention < RETENTION_EVERY_S and not self._stop:
-            return
-        self._last_retention = now
         cutoff = datetime.now(UTC) - timedelta(days=self.cfg.retention_days) if self.cfg.retention_days else None
-        results_due = cutoff is not None and (now - self._last_results_retention >= RESULTS_RETENTION_EVERY_S or self._stop)
+        results_due = cutoff is not None and now - self._last_results_retention >= RESULTS_RETENTION_EVERY_S
         try:
             deleted = self.events.apply_retention(cutoff, self.cfg.retention_rows)
             results = 0

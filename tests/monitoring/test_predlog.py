@@ -490,3 +490,34 @@ def test_a_reference_is_stored_once_when_two_arrive_at_once(store: EventStore):
         assert sorted([stored[0][v], stored[1][v]]) == [False, True]
         winner = 0 if stored[0][v] else 1
         assert store.reference("m", v)["profile"] == bytes([winner])
+
+
+def test_a_long_retention_pass_does_not_hold_up_the_flushes(store: EventStore, monkeypatch):
+    """Retention runs on a thread of its own: while a pass is stuck in its DELETE, requests are still flushed on
+    time (the crash bound is one flush interval however long retention takes), and close() waits for the pass."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    real = store.apply_retention
+
+    def slow(older_than, keep_rows):
+        started.set()
+        assert release.wait(30)
+        return real(older_than, keep_rows)
+
+    monkeypatch.setattr(store, "apply_retention", slow)
+    log = _log(store, retention_rows=2)
+    assert started.wait(10), "no retention pass at start"
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        assert _one(log, f"r{i}", A, *_request(rng, 1)) == 1
+    assert log.flush(timeout=10), "a flush waited for the retention pass"
+    assert store.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] == 4
+    closing = threading.Thread(target=log.close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive(), "close() did not wait for the retention pass under way"
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall() == [("r2",), ("r3",)]
