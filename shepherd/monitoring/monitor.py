@@ -39,6 +39,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 MAX_WINDOWS_PER_TICK = 50
 """Windows a pass evaluates per version at most: a bounded query and a bounded pass after a long stop."""
+MAX_UNRAISED = 1000
+"""Alerts kept for a retry while their store fails; past that the oldest is logged (alert_lost) and dropped."""
 CATCH_UP_PAUSE_S = 0.1
 """The pause before the next pass when one left complete windows waiting (more than MAX_WINDOWS_PER_TICK):
 the monitor keeps up with any rate its CPU share allows, not with at most MAX_WINDOWS_PER_TICK windows per interval_s."""
@@ -142,6 +145,7 @@ class Monitor:
         self._labels_from = datetime.now(UTC)
         self._warned: set[tuple[str, int]] = set()
         self._no_baseline: set[tuple[str, int, str]] = set()  # (model, version, metric) without a bundle baseline, logged once
+        self._unraised: deque[tuple] = deque()  # alerts whose record failed, retried at the next pass (see _alert)
         self._lock = threading.Lock()  # one tick at a time (thread and explicit callers)
         self._stop = threading.Event()
         self._wake = threading.Event()  # stop, or a version was loaded (version_loaded)
@@ -317,6 +321,7 @@ class Monitor:
         with self._lock:
             started = time.perf_counter()
             now = now or datetime.now(UTC)
+            self._raise_unraised()
             generation = self.events.feedback_generation
             new_feedback = generation != self._feedback_seen
             for deployment in self.deployments():
@@ -608,10 +613,33 @@ class Monitor:
         return info
 
     def _alert(self, deployment: str, kind: str, level: str, policy: Policy, message: str, details: dict, *, key: str) -> None:
+        """Raise an alert; one that cannot be recorded (the SQLite write failed) waits for the next pass.
+
+        What it alerts on (a stored drift window, a performance evaluation) is not evaluated again,
+        so a failed alert dropped here would be lost, and with it any later alert of the same pass."""
         if self.alerts is None:
             log.warning("alert", deployment=deployment, kind=kind, level=level, message=message)
             return
-        self.alerts.raise_alert(deployment, kind, level, message, details, key=key, sinks=sinks_of(policy))
+        call = (deployment, kind, level, message, details, key, sinks_of(policy))
+        if not self._raise(call):
+            if len(self._unraised) == MAX_UNRAISED:
+                dropped = self._unraised.popleft()
+                log.error("alert_lost", deployment=dropped[0], kind=dropped[1], level=dropped[2], message=dropped[3])
+            self._unraised.append(call)
+
+    def _raise(self, call: tuple) -> bool:
+        deployment, kind, level, message, details, key, sinks = call
+        try:
+            self.alerts.raise_alert(deployment, kind, level, message, details, key=key, sinks=sinks)
+            return True
+        except Exception:
+            log.exception("alert_not_recorded", deployment=deployment, kind=kind, level=level, retry="next monitor pass")
+            return False
+
+    def _raise_unraised(self) -> None:
+        """Retry, in order, the alerts that earlier passes could not record; stop at the first that still fails."""
+        while self._unraised and self._raise(self._unraised[0]):
+            self._unraised.popleft()
 
 
 def sinks_of(policy: Policy) -> Any:

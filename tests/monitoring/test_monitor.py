@@ -345,6 +345,34 @@ def test_drift_window_flags_a_shift_and_raises_one_warning(appl: Appliance):
     assert 'shepherd_drift_feature_psi{deployment="iris",feature="petal_length",model="iris",version="1"}' in text
 
 
+def test_an_alert_that_cannot_be_recorded_is_raised_at_the_next_pass(appl: Appliance, monkeypatch):
+    """The windows of a pass are stored before their alerts; when the alerts table cannot take one (a failed SQLite
+    write), the alert waits for the next pass instead of being lost with the window that caused it."""
+    import apsw
+
+    real = appl.alerts.raise_alert
+    failing = [True]
+
+    def raise_alert(*args, **kwargs):
+        if failing[0]:
+            raise apsw.IOError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(appl.alerts, "raise_alert", raise_alert)
+    serve(appl, [reference_like(200, seed=2) + np.float32(3.0)])
+    appl.predlog.flush()
+    appl.monitor.tick()
+    assert appl.monitor.drift_history("iris", None, None, 10)[0]["drifted"]
+    assert not appl.alerts.list(deployment="iris")
+    appl.monitor.tick()  # the store still fails: still waiting, not lost
+    failing[0] = False
+    appl.monitor.tick()
+    alerts = appl.alerts.list(deployment="iris")
+    assert [(x.kind, x.level, x.details["window_id"]) for x in alerts] == [("data_drift", "warning", 1)]
+    appl.monitor.tick()
+    assert len(appl.alerts.list(deployment="iris")) == 1 and appl.alerts.list(deployment="iris")[0].occurrences == 1
+
+
 def _metrics(a: Appliance) -> str:
     from prometheus_client import generate_latest
 
