@@ -160,7 +160,7 @@ class MonitoringController(Controller):
         def work() -> int:
             if appl.predlog is not None:
                 appl.predlog.flush()
-            return appl.events.export_parquet(path, name, a, b)
+            return appl.events.export_parquet(path, name, a, b, names=appl.monitor.feature_names)
 
         try:
             rows = await anyio.to_thread.run_sync(work)

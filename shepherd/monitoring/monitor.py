@@ -53,7 +53,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from shepherd.config import Config, Policy, kernel_threads, load_policy
-from shepherd.errors import ConfigError
+from shepherd.errors import ConfigError, ShepherdError
 from shepherd.monitoring import kernels, performance
 from shepherd.monitoring.detectors import ADWIN, DDM, PageHinkley
 from shepherd.monitoring.layout import Layout, build_layout, targets
@@ -295,6 +295,14 @@ class Monitor:
             columns = None if table is None else [c for c, a in table.items() if a.dtype.kind in "iufb"]
             layout = self._layouts[key] = build_layout(signature or sig, columns)
         return layout
+
+    def feature_names(self, model: str, version: int) -> tuple[list[str], list[str]] | None:
+        """A version's input feature and output names as the log stores them (x, y); None when it is not in the registry."""
+        try:
+            layout = self.layout_of(model, version)
+        except ShepherdError:  # deleted from the registry since it logged
+            return None
+        return layout.x_names, layout.y_names
 
     def reference(self, deployment: str, model: str, version: int, run: ModelRunner | None = None) -> VersionReference | None:
         """The version's reference profile, built from its bundle the first time (`run`: its model, else a loaded session of it)."""

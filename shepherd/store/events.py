@@ -20,9 +20,10 @@ Tables:
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -334,18 +335,38 @@ class EventStore:
             ).fetchone()
         return int(windows) + int(evaluations)
 
-    def export_parquet(self, dest: Path, deployment: str, start: datetime | None, end: datetime | None) -> int:
-        """Write the deployment's logged predictions in [start, end) (with any feedback) to a Parquet file; returns rows."""
+    def export_parquet(
+        self, dest: Path, deployment: str, start: datetime | None, end: datetime | None,
+        names: Callable[[str, int], tuple[list[str], list[str]] | None] | None = None,
+    ) -> int:
+        """Write the deployment's logged predictions in [start, end) (with any feedback) to a Parquet file; returns rows.
+
+        `names(model, version)` gives a version's feature and output names (the monitor's layout). When
+        every version in the range has the same ones, x and y are written as one column per name
+        (`x.<feature>`, `y.<output>`); otherwise as the stored lists. Either way the file's key-value
+        metadata `shepherd.features` maps each "model:version" to its names ({"x": [...], "y": [...]})."""
         where, params = _range("p.ts", deployment, start, end)
+        cur = self.cursor()
+        versions = cur.execute(f"SELECT DISTINCT p.model, p.version FROM predictions p WHERE {where} ORDER BY 1, 2", params).fetchall()
+        layouts = {(m, int(v)): names(m, int(v)) if names is not None else None for m, v in versions}
+        shapes = {(tuple(n[0]), tuple(n[1])) if n is not None else None for n in layouts.values()}
+        features = "p.x, p.y"
+        if len(shapes) == 1 and None not in shapes:
+            x_names, y_names = shapes.pop()
+            features = ", ".join(
+                [f"p.x[{i + 1}] AS {_ident('x.' + n)}" for i, n in enumerate(x_names)]
+                + [f"p.y[{i + 1}] AS {_ident('y.' + n)}" for i, n in enumerate(y_names)]
+            ) or "p.x, p.y"
         query = (
-            "SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, p.x, p.y, "
+            f"SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, {features}, "
             "f.label, f.received_at AS label_received_at FROM predictions p "
             f"LEFT JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE {where} ORDER BY p.seq"
         )
-        cur = self.cursor()
         (count,) = cur.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
-        literal = str(dest).replace("'", "''")
-        cur.execute(f"COPY ({query}) TO '{literal}' (FORMAT parquet)", params)
+        metadata = json.dumps({f"{m}:{v}": {"x": n[0], "y": n[1]} for (m, v), n in layouts.items() if n is not None})
+        cur.execute(
+            f"COPY ({query}) TO {_literal(str(dest))} (FORMAT parquet, KV_METADATA {{'shepherd.features': {_literal(metadata)}}})", params
+        )
         return int(count)
 
     def outputs_since(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
@@ -531,6 +552,16 @@ class EventStore:
         cur.execute(f"SELECT * FROM performance WHERE {where} ORDER BY computed_at DESC LIMIT ?", [*params, limit])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (for the statements that take no parameter there, as COPY's options)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _range(column: str, deployment: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:

@@ -500,6 +500,22 @@ def test_http_feedback_drift_performance_export(client, appl: Appliance, tmp_pat
     (tmp_path / "p.parquet").write_bytes(r.content)
     rows = duckdb.sql(f"SELECT count(*), count(label) FROM read_parquet('{tmp_path / 'p.parquet'}')").fetchall()[0]
     assert rows == (200, 200)
+    # one column per feature and output, named as the drift results name them; the names in the file's metadata too
+    x_names, y_names = appl.monitor.feature_names("iris", 1)
+    assert "petal_length" in x_names and y_names
+    got = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path / 'p.parquet'}') ORDER BY seq")
+    assert got.columns[9:-2] == [f"x.{n}" for n in x_names] + [f"y.{n}" for n in y_names]
+    first = dict(zip(got.columns, got.limit(1).fetchall()[0]))
+    assert first["x.petal_length"] == pytest.approx(float(reference_like(1, seed=0)[0, x_names.index("petal_length")]) + 3, rel=1e-6)
+    (meta,) = duckdb.sql(f"SELECT decode(value) FROM parquet_kv_metadata('{tmp_path / 'p.parquet'}') "
+                         "WHERE decode(key) = 'shepherd.features'").fetchall()[0]
+    assert msgspec.json.decode(meta) == {"iris:1": {"x": x_names, "y": y_names}}
+    # a time range: [from, to)
+    ts = [t for (t,) in duckdb.sql(f"SELECT ts FROM read_parquet('{tmp_path / 'p.parquet'}') ORDER BY seq").fetchall()]
+    r = client.get("/api/v1/deployments/iris/predictions", params={"from": ts[100].isoformat()}, headers=_h(client, "operator"))
+    assert r.status_code == 200 and int(r.headers["x-rows"]) == sum(t >= ts[100] for t in ts)
+    r = client.get("/api/v1/deployments/iris/predictions", params={"to": ts[0].isoformat()}, headers=_h(client, "operator"))
+    assert r.status_code == 200 and r.headers["x-rows"] == "0"
     r = client.get("/api/v1/deployments/iris/reference", headers=_h(client, "viewer"))
     assert r.status_code == 200 and r.json()["source"] == "bundle" and r.json()["rows"] == 105
 

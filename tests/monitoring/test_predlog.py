@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -521,3 +522,32 @@ def test_a_long_retention_pass_does_not_hold_up_the_flushes(store: EventStore, m
     closing.join(10)
     assert not closing.is_alive()
     assert store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall() == [("r2",), ("r3",)]
+
+
+def test_an_export_names_its_columns_when_every_version_has_the_same_names(store: EventStore, tmp_path: Path):
+    """One layout across the range: a column per feature and output. Versions that differ (or one whose names are
+    unknown): the stored lists, as they are. The file's metadata names each version's features either way."""
+    log = _log(store)
+    _flushes(log, np.random.default_rng(6), [[A, B, A]])
+    log.close()
+    x = [f"a[{i}]" for i in range(6)] + ["b"]
+    same = {1: (x, ["label", "scores[0]", "scores[1]"]), 2: (x, ["label", "scores[0]", "scores[1]"])}
+    other = {1: same[1], 2: (x, ["label", "p0", "p1"])}
+
+    def export(names, name):
+        dest = tmp_path / name
+        assert store.export_parquet(dest, "dep", None, None, names=lambda m, v: names.get(v)) == 4  # the first request has 2 rows
+        rel = duckdb.sql(f"SELECT * FROM read_parquet('{dest}') ORDER BY seq")
+        (meta,) = duckdb.sql(f"SELECT decode(value) FROM parquet_kv_metadata('{dest}')").fetchall()[0]
+        return rel.columns, rel.fetchall(), json.loads(meta)
+
+    cols, rows, meta = export(same, "same.parquet")
+    assert cols[9:-2] == [f"x.{n}" for n in x] + ["y.label", "y.scores[0]", "y.scores[1]"]
+    stored = store.cursor().execute("SELECT x, y FROM predictions ORDER BY seq").fetchall()
+    np.testing.assert_array_equal([r[9:-2] for r in rows], [[*sx, *sy] for sx, sy in stored])  # NaN: an absent input
+    assert meta == {"m:1": {"x": x, "y": same[1][1]}, "m:2": {"x": x, "y": same[2][1]}}
+    for names, file in ((other, "other.parquet"), ({1: same[1]}, "unknown.parquet")):
+        cols, rows, meta = export(names, file)
+        assert cols[9:11] == ["x", "y"]
+        np.testing.assert_array_equal([[*r[9], *r[10]] for r in rows], [[*sx, *sy] for sx, sy in stored])
+        assert meta == {f"m:{v}": {"x": n[0], "y": n[1]} for v, n in names.items()}
