@@ -167,11 +167,13 @@ class DriftPolicy(Section, kw_only=True):
     p_value: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05
     """...or when its KS (numeric) or chi-square (categorical) p-value, after Benjamini-Hochberg correction across features, is below this."""
     drift_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
-    """The window drifts (a Warning alert) when at least this share of the features with data drifted."""
+    """The window drifts (a Warning alert) when at least this share of the features with data drifted; the
+    model's outputs count as features here (prediction drift), and share the correction above."""
     bins: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 10
     """Quantile bins per numeric feature for PSI and Jensen-Shannon, set when the reference profile is built."""
     categorical: list[str] = msgspec.field(default_factory=list)
-    """Feature names compared as categories (chi-square) instead of numbers."""
+    """Feature names compared as categories (chi-square) instead of numbers; like bins, fixed for a version
+    when its reference profile is built (an edit applies to versions profiled after it)."""
 
     def __post_init__(self) -> None:
         if self.window_rows == 0 and self.window_seconds <= 0:
