@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from shepherd.errors import InvalidInput
+from shepherd.errors import Busy, InvalidInput
 from shepherd.monitoring.predlog import PredictionLog
 from shepherd.store.events import EventStore
 
 MAX_LABELS = 100_000
+FLUSH_WAIT_S = 30.0
+"""How long feedback waits for the prediction log to flush what was answered before it."""
 MAX_ROW = 2**31 - 1
 """A row index inside one request (the prediction log stores it as a 32-bit integer)."""
 
@@ -88,8 +90,10 @@ def validate(items: list[Label], single: bool = False) -> None:
 def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label], single: bool = False) -> FeedbackResult:
     """Store the labels whose request rows are logged; report the rest (`single`: see validate)."""
     validate(items, single)
-    if predlog is not None:
-        predlog.flush()
+    # every request answered before now must be in DuckDB, or its id would come back "unknown"
+    if predlog is not None and not predlog.flush(timeout=FLUSH_WAIT_S):
+        raise Busy(f"the prediction log has not flushed within {FLUSH_WAIT_S:.0f} s (DuckDB is behind or failing); "
+                   "no label was stored, retry later")
     latest: dict[tuple[str, int], Label] = {}
     for item in items:
         latest[(item.request_id, item.row)] = item  # within a batch, the last one wins

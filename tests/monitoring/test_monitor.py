@@ -393,6 +393,21 @@ def test_feedback_joins_late_labels_reports_unknown_and_newest_wins(appl: Applia
     assert got == {answers[0]["id"]: 2.0, answers[2]["id"]: 2.0}
 
 
+def test_feedback_while_the_log_cannot_flush_is_refused_not_reported_unknown(appl: Appliance, monkeypatch):
+    """A label for a request that was answered but is not in DuckDB yet (the flush is stuck or failing) is not an
+    unknown id: the whole send is refused (503, retry later) and nothing is stored."""
+    from shepherd.errors import Busy
+    from shepherd.monitoring import feedback as fb
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(3)])
+    monkeypatch.setattr(fb, "FLUSH_WAIT_S", 0.2)
+    monkeypatch.setattr(appl.predlog, "flush", lambda timeout=30.0: False)
+    with pytest.raises(Busy) as err:
+        fb.ingest(appl.events, appl.predlog, [fb.Label(a["id"], 1.0) for a in answers])
+    assert err.value.status == 503 and "retry" in err.value.message
+    assert appl.events.cursor().execute("SELECT count(*) FROM feedback").fetchone()[0] == 0
+
+
 def test_performance_drop_raises_critical_then_emergency(appl: Appliance):
     """Correct labels give accuracy 1; labels that contradict 30% of predictions drop it >15% below baseline: Emergency."""
     from shepherd.monitoring import feedback as fb
