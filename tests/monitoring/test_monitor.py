@@ -688,6 +688,30 @@ def test_the_error_stream_starts_from_the_present_after_a_restart(mon_config: co
         again.close()
 
 
+def test_score_stream_detectors_raise_a_warning_when_the_scores_move(appl: Appliance):
+    """ADWIN and Page-Hinkley watch each version's score stream (the top class probability of every logged row):
+    scores like the reference's raise nothing; scores that move raise one score_stream_drift Warning and count."""
+    def score_alerts() -> list:
+        return [x for x in appl.alerts.list(deployment="iris") if x.kind == "score_stream_drift"]
+
+    def detections() -> float:
+        return appl.metrics.registry.get_sample_value(
+            "shepherd_stream_drift_detections", {"deployment": "iris", "model": "iris", "version": "1", "stream": "score"}) or 0.0
+
+    def pass_over(rows: np.ndarray) -> None:
+        serve(appl, [rows[i:i + 1] for i in range(len(rows))])
+        appl.predlog.flush()
+        appl.monitor.tick()
+
+    pass_over(reference_like(1, seed=10))  # the stream starts here: before the first drift window
+    pass_over(reference_like(600, seed=11))
+    assert score_alerts() == [] and detections() == 0
+    pass_over(reference_like(600, seed=12) + np.float32(4.0))  # top probability 0.88 -> 0.999 on average
+    found = score_alerts()
+    assert len(found) == 1 and found[0].level == "warning" and found[0].details["version"] == 1
+    assert detections() >= 1
+
+
 def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appliance, policies: Path):
     """With window_seconds, closed windows are evaluated on their rows, and a window without rows is stored as 'no data'."""
     from datetime import timedelta
