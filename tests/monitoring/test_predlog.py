@@ -551,3 +551,28 @@ def test_an_export_names_its_columns_when_every_version_has_the_same_names(store
         assert cols[9:11] == ["x", "y"]
         np.testing.assert_array_equal([[*r[9], *r[10]] for r in rows], [[*sx, *sy] for sx, sy in stored])
         assert meta == {f"m:{v}": {"x": n[0], "y": n[1]} for v, n in names.items()}
+
+
+def test_retention_days_deletes_older_rows_and_their_labels_at_start(store: EventStore):
+    """retention_days: a log that starts deletes the rows older than that many days, and the labels of those rows
+    (not the others'), without waiting for a minute or a flush."""
+    import time
+    from datetime import UTC, datetime
+
+    log = _log(store, retention_days=0)
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        _one(log, f"r{i}", A, *_request(rng, 1))
+    log.close()
+    store.cursor().execute("UPDATE predictions SET ts = ts - INTERVAL 40 DAY WHERE request_id IN ('r0', 'r1', 'r2')")
+    store.upsert_feedback([("r1", 0), ("r4", 0)], [1.0, 0.0], datetime.now(UTC))
+    store.recent.reset()  # as a process that starts now
+
+    log = _log(store, retention_days=30)
+    deadline = time.monotonic() + 10
+    while store.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] != 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log.close()
+    ids = [r for (r,) in store.cursor().execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
+    assert ids == ["r3", "r4", "r5"]
+    assert store.cursor().execute("SELECT request_id FROM feedback").fetchall() == [("r4",)]
