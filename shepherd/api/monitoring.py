@@ -118,10 +118,11 @@ class MonitoringController(Controller):
             raise InvalidInput(f"deployment {name!r} has no primary; name a version", field="version")
 
         def work() -> ReferenceInfo:
-            appl.monitor.reference(name, model, v)  # builds it from the bundle on first use
+            appl.monitor.reference(name, model, v, loaded_only=True)  # builds it from the bundle on first use, once loaded
             info = appl.references.info(model, v)
             if info is None:
-                raise NotFound(f"{model} version {v} has no reference profile; adopt one with POST .../reference")
+                raise NotFound(f"{model} version {v} has no reference profile: one is built from its bundle when a deployment "
+                               "loads it, or adopt one with POST .../reference")
             return info
 
         return await anyio.to_thread.run_sync(work)

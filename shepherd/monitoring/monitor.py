@@ -304,16 +304,24 @@ class Monitor:
             return None
         return layout.x_names, layout.y_names
 
-    def reference(self, deployment: str, model: str, version: int, run: ModelRunner | None = None) -> VersionReference | None:
-        """The version's reference profile, built from its bundle the first time (`run`: its model, else a loaded session of it)."""
+    def reference(
+        self, deployment: str, model: str, version: int, run: ModelRunner | None = None, *, loaded_only: bool = False,
+    ) -> VersionReference | None:
+        """The version's reference profile, built from its bundle the first time (`run`: its model, else a loaded session of it).
+
+        A profile is stored once and never changed, and its outputs' part needs the model. `loaded_only`
+        (a request that only reads): build none while no session of the version is loaded, rather than
+        store one without outputs for good; the load builds it."""
         ref = self.references.get(model, version)
         if ref is None and (model, version) not in self._warned:
+            run = run or self.run_model(model, version)
+            if run is None and loaded_only:
+                return None
             _, _, table = self.version_info(model, version)
             policy = self.policy(deployment).drift
             if table is not None:
                 ref = self.references.from_bundle(
-                    model, version, table, self.layout_of(model, version), policy.bins, policy.categorical,
-                    run or self.run_model(model, version),
+                    model, version, table, self.layout_of(model, version), policy.bins, policy.categorical, run,
                 )
             if ref is None:
                 self._warned.add((model, version))

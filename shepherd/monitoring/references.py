@@ -115,6 +115,12 @@ class References:
             return None
         inputs = profile_matrix(layout.x_names, matrix, bins, categorical)
         outputs = None
+        if len(layout.inputs) != 1 and layout.outputs:
+            log.warning("reference_outputs_skipped", model=model, version=version,
+                        reason="the model has several inputs and reference.parquet one table: no prediction drift for this version")
+        elif run_model is None and layout.outputs:
+            log.warning("reference_outputs_skipped", model=model, version=version,
+                        reason="no loaded session of the version to run over the reference: no prediction drift for it")
         if run_model is not None and len(layout.inputs) == 1 and layout.outputs:
             t = layout.inputs[0]
             dtype = np.dtype(_numpy_type(t.datatype))

@@ -27,13 +27,14 @@ from shepherd.store import audit
 IRIS_LOW = np.array([5.1, 3.5, 1.4, 0.2], dtype=np.float32)
 
 
-def _build_iris(out: Path) -> Path:
+def _build_iris(out: Path, seed: int = 0) -> Path:
+    """The demo bundle (a model trained with `seed`), signed with out/keys (made when missing)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("demo_model", Path(__file__).parents[2] / "packaging" / "demo_model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod.build(out)
+    return mod.build(out, seed=seed)
 
 
 @pytest.fixture(scope="session")
@@ -533,6 +534,24 @@ def test_http_feedback_drift_performance_export(client, appl: Appliance, tmp_pat
     assert r.status_code == 200 and r.headers["x-rows"] == "0"
     r = client.get("/api/v1/deployments/iris/reference", headers=_h(client, "viewer"))
     assert r.status_code == 200 and r.json()["source"] == "bundle" and r.json()["rows"] == 105
+
+
+def test_reading_the_reference_of_a_version_not_loaded_stores_no_profile(client, appl: Appliance, iris: Path, tmp_path: Path):
+    """A profile is stored once, for good, and its outputs' part needs the model: a viewer asking for the reference
+    of a version no deployment has loaded gets 404 (nothing stored), and loading the version builds it whole."""
+    src = tmp_path / "v2"
+    shutil.copytree(iris.parent / "keys", src / "keys")
+    appl.importer.import_file(_build_iris(src, seed=1), actor="t")
+    r = client.get("/api/v1/deployments/iris/reference?version=2", headers=_h(client, "viewer"))
+    assert r.status_code == 404 and "when a deployment loads it" in r.json()["error"], r.text
+    assert appl.references.get("iris", 2) is None
+    asyncio.run(appl.deployments.deploy("iris", "iris", 2, actor="t"))  # the candidate's load profiles it
+    deadline = time.monotonic() + 60
+    while appl.references.get("iris", 2) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert appl.references.get("iris", 2).outputs is not None
+    r = client.get("/api/v1/deployments/iris/reference?version=2", headers=_h(client, "viewer"))
+    assert r.status_code == 200 and r.json()["source"] == "bundle"
 
 
 @pytest.mark.parametrize(
