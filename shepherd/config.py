@@ -159,9 +159,10 @@ class Config(Section, kw_only=True):
 
 class DriftPolicy(Section, kw_only=True):
     window_rows: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
-    """Tumbling windows of this many logged requests per version (0: use window_seconds)."""
+    """Tumbling windows of this many logged rows per version (0: use window_seconds)."""
     window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    """Tumbling windows of this many seconds instead (used when window_rows is 0)."""
+    """Tumbling windows of this many seconds instead (used when window_rows is 0), epoch-aligned; one closes once every
+    row logged before its end is in DuckDB."""
     psi_threshold: Annotated[float, msgspec.Meta(gt=0)] = 0.2
     """A numeric feature drifts when its PSI exceeds this..."""
     p_value: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05

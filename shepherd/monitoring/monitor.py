@@ -7,7 +7,9 @@ for, one tick:
 
 1. **Drift windows (tumbling).** By count (`drift.window_rows`: the next N logged rows after the
    last window) or by time (`drift.window_seconds`: aligned to multiples of the window length
-   since the Unix epoch, and closed once its end is more than one flush interval in the past).
+   since the Unix epoch, and closed once its end has passed and every row logged before its end
+   is in DuckDB: `PredictionLog.durable_before`, so a slow or failing flush delays the window
+   instead of leaving rows out of it).
    Each complete window is compared with the version's reference profile: numeric features get
    PSI, KS + p-value, Wasserstein-1 (raw and over the reference std) and Jensen-Shannon;
    categorical ones chi-square + p-value and Jensen-Shannon; the outputs get the same tests
@@ -127,7 +129,7 @@ class Monitor:
     def __init__(
         self, config: Config, events: EventStore, references: References, version_info: VersionInfo,
         deployments: Callable[[], list[str]], alerts: Any, registry: CollectorRegistry,
-        run_model: Callable[[str, int], ModelRunner | None],
+        run_model: Callable[[str, int], ModelRunner | None], durable_before: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.events = events
@@ -136,6 +138,8 @@ class Monitor:
         self.deployments = deployments
         self.alerts = alerts
         self.run_model = run_model
+        # PredictionLog.durable_before: time windows close when every row of theirs is in DuckDB
+        self.durable_before = durable_before
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, int], StreamState] = {}
@@ -408,8 +412,11 @@ class Monitor:
             else:
                 start = last_end
             end = start + length
-            if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
-                return False
+            if self.durable_before is None:  # no prediction log here: allow the flush interval the log would take
+                if end + timedelta(seconds=self.config.monitoring.flush_interval_s) > now:
+                    return False
+            elif end > now or end > datetime.fromtimestamp(self.durable_before() / 1e6, UTC):
+                return False  # not over yet, or rows of it are still on their way to DuckDB (a slow or failing flush)
             if evaluated_count == MAX_WINDOWS_PER_TICK:
                 return True  # another window has closed: for the next pass
             table = self.events.window_by_time(deployment, version, start, end)

@@ -183,6 +183,8 @@ class PredictionLog:
         self._requested = 0  # flush generations asked for by flush(); the flusher serves them in order
         self._served = 0
         self._last_results_retention = -math.inf  # the first retention pass (at start) does the results too
+        self._flushing = 0  # rows detached by the flush under way, not yet in DuckDB
+        self._durable_before = time.time_ns() // 1000  # see durable_before(); rows of earlier processes are in DuckDB or lost
         self.rows = Counter("shepherd_prediction_log_rows", "Request rows written to the prediction log", registry=registry)
         self.dropped = Counter(
             "shepherd_prediction_log_dropped", "Requests not logged because the buffer was full", registry=registry
@@ -214,13 +216,13 @@ class PredictionLog:
         version's columns is counted in `record_errors` and logged, and the request was answered anyway.
         """
         cfg = self.cfg
-        ts_us = time.time_ns() // 1000
         sampled = cfg.sample_rate < 1.0
         written = 0
         total = sum(r[3] for r in requests)  # rows of the stacked tensors
         run: list[Answered] = []
         first = row = 0  # the run's first row, and the next request's
         with self._lock:
+            ts_us = time.time_ns() // 1000  # under the lock: a flush that detaches later holds every row stamped before it
             room = cfg.buffer_rows - self._rows
             for req in requests:
                 labels, request_id, _, k = req
@@ -326,12 +328,22 @@ class PredictionLog:
                     log.error("prediction_log_records_lost_at_close", rows=self._rows)
                 return
 
+    def durable_before(self) -> int:
+        """Microseconds since the epoch: every row recorded with an earlier timestamp is in DuckDB. The monitor closes
+        a time window only when its end is at or before this, so that no row of it is still on the way."""
+        with self._lock:
+            if not self._rows and not self._flushing:
+                return time.time_ns() // 1000  # nothing buffered or being written: rows recorded from now on are later
+            return self._durable_before
+
     def _flush_once(self) -> None:
         with self._lock:
             segments = [*self._full, *self._open.values()]
             self._full, self._open = [], {}
             rows = self._rows
             self._rows = 0
+            self._flushing = rows
+            detached = time.time_ns() // 1000
         if not rows:
             return
         try:
@@ -345,7 +357,11 @@ class PredictionLog:
             with self._lock:  # back in front, in order: nothing acknowledged is lost
                 self._full[:0] = segments
                 self._rows += rows
+                self._flushing = 0
             raise
+        with self._lock:
+            self._flushing = 0
+            self._durable_before = detached
         self._seq += rows
         self.rows.inc(rows)
 

@@ -731,7 +731,7 @@ def test_score_stream_detectors_raise_a_warning_when_the_scores_move(appl: Appli
     assert detections() >= 1
 
 
-def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appliance, policies: Path):
+def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appliance, policies: Path, monkeypatch):
     """With window_seconds, closed windows are evaluated on their rows, and a window without rows is stored as 'no data'."""
     from datetime import timedelta
 
@@ -740,6 +740,8 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     appl.predlog.flush()
     first = appl.events.first_ts("iris", 1)
     end = first.replace(second=0, microsecond=0) + timedelta(seconds=60)  # the first window's end
+    # the passes below run at made-up times: the log, as it would be then, holds every row logged before them
+    monkeypatch.setattr(appl.monitor, "durable_before", lambda: int((end + timedelta(seconds=125)).timestamp() * 1e6))
     appl.monitor.tick(now=end - timedelta(seconds=1))  # not closed yet
     assert appl.monitor.drift_history("iris", None, None, 10) == []
     appl.monitor.tick(now=end + timedelta(seconds=125))
@@ -749,6 +751,37 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     assert hist[0]["start_ts"].timestamp() % 60 == 0
     assert hist[2]["n_rows"] == 0 and not hist[2]["drifted"]
     assert all(not f["has_data"] and f["psi"] is None for f in hist[2]["features"]), "no data, never NaN"
+
+
+def test_a_time_window_waits_for_its_rows_still_on_the_way_to_duckdb(appl: Appliance, policies: Path, monkeypatch):
+    """A time window closes when every row of it is in DuckDB, not a fixed flush interval after its end: while a
+    flush is stuck (its INSERT blocked here), the window waits rather than being judged on the rows that made it;
+    once they land, it is evaluated on all of them."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 2\n")
+    serve(appl, [reference_like(1, seed=i) for i in range(10)])
+    assert appl.predlog.flush()
+    real, entered, release = appl.events.append_predictions, threading.Event(), threading.Event()
+
+    def stuck(table, versions):
+        entered.set()
+        assert release.wait(30)
+        return real(table, versions)
+
+    monkeypatch.setattr(appl.events, "append_predictions", stuck)
+    serve(appl, [reference_like(1, seed=100 + i) for i in range(30)])
+    assert entered.wait(10)
+    last_end = datetime.fromtimestamp((time.time() // 2 + 1) * 2, UTC)  # the end of the window of the last row
+    while datetime.now(UTC) < last_end + timedelta(seconds=0.2):
+        time.sleep(0.05)
+    appl.monitor.tick()  # every window is over, and 30 of its 40 rows are not in DuckDB yet
+    assert appl.monitor.drift_history("iris", None, None, 10) == []
+    release.set()
+    assert appl.predlog.flush()
+    appl.monitor.tick()
+    assert sum(w["n_rows"] for w in appl.monitor.drift_history("iris", None, None, 10)) == 40
 
 
 def _behind(a: Appliance) -> str:
@@ -785,6 +818,7 @@ def test_a_pass_takes_a_bounded_number_of_time_windows_and_says_when_more_have_c
     appl.predlog.flush()
     first = appl.events.first_ts("iris", 1)
     now = first.replace(second=0, microsecond=0) + timedelta(seconds=5 * 60 + 30)  # five windows closed, the sixth open
+    monkeypatch.setattr(appl.monitor, "durable_before", lambda: int(now.timestamp() * 1e6))  # the log as it would be then
     seen = [(appl.monitor.tick(now=now), len(appl.monitor.drift_history("iris", None, None, 100))) for _ in range(4)]
     assert seen == [(True, 2), (True, 4), (False, 5), (False, 5)]
 
