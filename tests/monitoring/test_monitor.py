@@ -939,3 +939,73 @@ def _profile_for_test():
     from shepherd.monitoring.profile import build_profile
 
     return build_profile({"x": np.random.default_rng(0).normal(size=100)}, n_bins=5)
+
+
+def test_a_regressor_is_scored_by_mae_and_rmse_and_alerts_on_its_error(appliance: Appliance, keys, tmp_path: Path):
+    """The regression path end to end: a float output makes the task regression; performance is MAE and RMSE
+    of the served predictions against the labels (numpy as the oracle); an RMSE far above the bundle's baseline is
+    an Emergency, and ADWIN on the absolute error raises an error_stream_drift Warning."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    from shepherd.bundles.create import create
+    from shepherd.monitoring import feedback as fb
+    from tests.conftest import METADATA
+
+    x, y = load_diabetes(return_X_y=True)
+    x = x.astype(np.float32)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    reg = LinearRegression().fit(x[:300], y[:300])
+    served, truth = x[300:400], y[300:400]
+    baseline = float(np.sqrt(np.mean((reg.predict(served) - truth) ** 2)))
+    work = tmp_path / "diabetes"
+    work.mkdir()
+    (work / "model.onnx").write_bytes(to_onnx(reg, x[:1], target_opset=17).SerializeToString())
+    pq.write_table(pa.table({n: x[:300, i] for i, n in enumerate(names)}), work / "reference.parquet")
+    meta = METADATA.format(name="diabetes", digest=hashlib.sha256(b"diabetes").hexdigest()).replace(
+        "accuracy = 0.9", f"rmse = {baseline!r}")
+    (work / "meta.toml").write_text(meta)
+    create(model=work / "model.onnx", metadata=work / "meta.toml", out=work / "d.shb", reference=work / "reference.parquet",
+           sign_key=keys.private)
+    appliance.importer.import_file(work / "d.shb", actor="t")
+
+    async def deploy_and_serve(rows: np.ndarray) -> list[dict]:
+        if "diabetes" not in appliance.deployments.deployments:
+            await appliance.deployments.deploy("diabetes", "diabetes", 1, actor="t")
+            await appliance.deployments.promote("diabetes", actor="t")
+        out = []
+        for r in rows:
+            body = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, len(r)], "data": r.tolist()}]}).encode()
+            out.append(json.loads((await inference.infer_for(appliance, "diabetes", None, body, None)).body))
+        return out
+
+    def label_and_pass(answers: list[dict], labels: np.ndarray) -> None:
+        fb.ingest(appliance.events, appliance.predlog, [fb.Label(a["id"], float(v)) for a, v in zip(answers, labels)])
+        appliance.monitor.tick()
+
+    def alerts(kind: str) -> list:
+        return [a for a in appliance.alerts.list(deployment="diabetes") if a.kind == kind]
+
+    first = asyncio.run(deploy_and_serve(served))
+    label_and_pass(first, truth)
+    policy = appliance.monitor.policy("diabetes")
+    perf = appliance.monitor.evaluate_performance("diabetes", "diabetes", 1, policy)
+    pred = np.array([a["outputs"][0]["data"][0] for a in first], dtype=np.float64)
+    assert perf["task"] == "regression" and perf["baseline_metric"] == "rmse" and perf["baseline"] == pytest.approx(baseline)
+    assert perf["metrics"]["mae"] == pytest.approx(np.mean(np.abs(pred - truth)), rel=1e-12)
+    assert perf["metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean((pred - truth) ** 2)), rel=1e-12)
+    assert abs(perf["drop"]) < 1e-4 and not alerts("performance_drop") and not alerts("error_stream_drift")
+
+    second = asyncio.run(deploy_and_serve(served))
+    label_and_pass(second, truth + 150)  # the world moved: every prediction is now 150 off
+    perf = appliance.monitor.evaluate_performance("diabetes", "diabetes", 1, policy)
+    err = np.concatenate([pred - truth, pred - truth - 150])
+    assert perf["metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9) and perf["drop"] > 0.15
+    assert [a.level for a in alerts("performance_drop")] == ["emergency"]
+    assert [a.level for a in alerts("error_stream_drift")] == ["warning"]
