@@ -1009,3 +1009,32 @@ def test_a_regressor_is_scored_by_mae_and_rmse_and_alerts_on_its_error(appliance
     assert perf["metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9) and perf["drop"] > 0.15
     assert [a.level for a in alerts("performance_drop")] == ["emergency"]
     assert [a.level for a in alerts("error_stream_drift")] == ["warning"]
+
+
+def test_a_categorical_feature_gets_chi_square_through_the_monitor(mon_config: config_mod.Config, iris: Path, policies: Path):
+    """A feature the policy lists as categorical is profiled by category and judged by chi-square (and Jensen-Shannon),
+    not PSI or KS: like the reference it does not drift; a category the reference never had makes it drift."""
+    (policies / "iris.toml").write_text('[drift]\nwindow_rows = 200\ncategorical = ["petal_width"]\n')
+    a = _serving_iris(mon_config, iris)
+    try:
+        deadline = time.monotonic() + 60
+        while a.references.get("iris", 1) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.references.get("iris", 1).inputs.categorical_names == ["petal_width"]
+
+        def window(rows: np.ndarray) -> dict:
+            serve(a, [rows[i:i + 1] for i in range(len(rows))])
+            a.predlog.flush()
+            a.monitor.tick()
+            (f,) = [f for f in a.monitor.drift_history("iris", None, None, 1)[0]["features"] if f["feature"] == "petal_width"]
+            return f
+
+        same = window(reference_like(200, seed=21))
+        assert same["kind"] == "categorical" and same["psi"] is None and same["ks"] is None
+        assert same["chi2"] is not None and same["chi2_pvalue"] > 0.05 and not same["drifted"]
+        new = reference_like(200, seed=22)
+        new[::2, 3] = 9.5  # half the rows: a petal width the reference never had
+        moved = window(new)
+        assert moved["kind"] == "categorical" and moved["chi2_pvalue"] < 1e-6 and moved["js"] > same["js"] and moved["drifted"]
+    finally:
+        a.close()
