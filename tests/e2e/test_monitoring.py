@@ -90,6 +90,11 @@ def test_drift_feedback_alerts_and_export_through_the_cli(tmp_path, keys, iris_e
     current = json.loads(out)["current"][0]
     assert current["n_labels"] == 200 and current["metrics"]["accuracy"] == 1.0
 
+    code, out = cli(srv.url, token, "reference", "show", "iris")
+    assert code == 0 and "bundle reference of 105 rows" in out and "petal_length" in out, out
+    code, out = cli(srv.url, token, "reference", "adopt", "iris", "--rows", "10")  # it has one, which never changes
+    assert code == 1 and out.startswith("error: ") and "already" in out, out
+
     dest = tmp_path / "out.parquet"
     code, out = cli(srv.url, token, "predictions", "export", "iris", str(dest))
     assert code == 0 and "wrote 200 rows" in out
