@@ -760,7 +760,10 @@ def test_a_time_window_waits_for_its_rows_still_on_the_way_to_duckdb(appl: Appli
     import threading
     from datetime import UTC, datetime, timedelta
 
-    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 2\n")
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 4\n")
+    while time.time() % 4 > 0.3:  # start early in a window, so that all 40 rows (and the first flush) fall in it
+        time.sleep(0.01)
+    window_end = datetime.fromtimestamp((time.time() // 4 + 1) * 4, UTC)
     serve(appl, [reference_like(1, seed=i) for i in range(10)])
     assert appl.predlog.flush()
     real, entered, release = appl.events.append_predictions, threading.Event(), threading.Event()
@@ -773,15 +776,16 @@ def test_a_time_window_waits_for_its_rows_still_on_the_way_to_duckdb(appl: Appli
     monkeypatch.setattr(appl.events, "append_predictions", stuck)
     serve(appl, [reference_like(1, seed=100 + i) for i in range(30)])
     assert entered.wait(10)
-    last_end = datetime.fromtimestamp((time.time() // 2 + 1) * 2, UTC)  # the end of the window of the last row
-    while datetime.now(UTC) < last_end + timedelta(seconds=0.2):
+    assert datetime.now(UTC) < window_end, "the machine stalled: the rows did not all fall in one window"
+    while datetime.now(UTC) < window_end + timedelta(seconds=0.2):
         time.sleep(0.05)
-    appl.monitor.tick()  # every window is over, and 30 of its 40 rows are not in DuckDB yet
+    appl.monitor.tick()  # the window is over, and 30 of its 40 rows are not in DuckDB yet
     assert appl.monitor.drift_history("iris", None, None, 10) == []
     release.set()
     assert appl.predlog.flush()
     appl.monitor.tick()
-    assert sum(w["n_rows"] for w in appl.monitor.drift_history("iris", None, None, 10)) == 40
+    (window,) = appl.monitor.drift_history("iris", None, None, 10)
+    assert window["n_rows"] == 40 and window["end_ts"] == window_end
 
 
 def _behind(a: Appliance) -> str:
