@@ -40,6 +40,7 @@ from shepherd import __version__
 from shepherd.errors import Conflict, InvalidInput
 from shepherd.store import registry
 from shepherd.store.blobs import empty_dir
+from shepherd.store.events import sql_ident, sql_literal
 
 if TYPE_CHECKING:
     from shepherd.appliance import Appliance
@@ -178,14 +179,13 @@ def _write(appl: Appliance, dest: Path) -> Manifest:
 
 def _copy_duckdb(appl: Appliance, target: Path) -> None:
     cur = appl.events.cursor()
-    literal = str(target).replace("'", "''")
     (name,) = cur.execute("SELECT current_database()").fetchone()
     # An attached database is the connection's, not the cursor's: a name of its own for each backup,
     # or a second backup running meanwhile fails to attach.
     alias = f"shepherd_backup_{uuid.uuid4().hex}"
-    cur.execute(f"ATTACH '{literal}' AS {alias}")
+    cur.execute(f"ATTACH {sql_literal(str(target))} AS {alias}")
     try:
-        cur.execute(f'COPY FROM DATABASE "{name}" TO {alias}')
+        cur.execute(f"COPY FROM DATABASE {sql_ident(name)} TO {alias}")
     finally:
         cur.execute(f"DETACH {alias}")
 

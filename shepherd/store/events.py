@@ -354,8 +354,8 @@ class EventStore:
         if len(shapes) == 1 and None not in shapes:
             x_names, y_names = shapes.pop()
             features = ", ".join(
-                [f"p.x[{i + 1}] AS {_ident('x.' + n)}" for i, n in enumerate(x_names)]
-                + [f"p.y[{i + 1}] AS {_ident('y.' + n)}" for i, n in enumerate(y_names)]
+                [f"p.x[{i + 1}] AS {sql_ident('x.' + n)}" for i, n in enumerate(x_names)]
+                + [f"p.y[{i + 1}] AS {sql_ident('y.' + n)}" for i, n in enumerate(y_names)]
             ) or "p.x, p.y"
         query = (
             f"SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, {features}, "
@@ -365,7 +365,7 @@ class EventStore:
         (count,) = cur.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
         metadata = json.dumps({f"{m}:{v}": {"x": n[0], "y": n[1]} for (m, v), n in layouts.items() if n is not None})
         cur.execute(
-            f"COPY ({query}) TO {_literal(str(dest))} (FORMAT parquet, KV_METADATA {{'shepherd.features': {_literal(metadata)}}})", params
+            f"COPY ({query}) TO {sql_literal(str(dest))} (FORMAT parquet, KV_METADATA {{'shepherd.features': {sql_literal(metadata)}}})", params
         )
         return int(count)
 
@@ -554,12 +554,12 @@ class EventStore:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-def _literal(text: str) -> str:
-    """A SQL string literal (for the statements that take no parameter there, as COPY's options)."""
+def sql_literal(text: str) -> str:
+    """A SQL string literal, for the places a DuckDB statement takes no parameter (COPY's options, ATTACH's path)."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _ident(name: str) -> str:
+def sql_ident(name: str) -> str:
     """A quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
