@@ -114,25 +114,7 @@ class References:
             log.warning("reference_does_not_match_inputs", model=model, version=version, features=layout.x_names, columns=columns)
             return None
         inputs = profile_matrix(layout.x_names, matrix, bins, categorical)
-        outputs = None
-        if len(layout.inputs) != 1 and layout.outputs:
-            log.warning("reference_outputs_skipped", model=model, version=version,
-                        reason="the model has several inputs and reference.parquet one table: no prediction drift for this version")
-        elif run_model is None and layout.outputs:
-            log.warning("reference_outputs_skipped", model=model, version=version,
-                        reason="no loaded session of the version to run over the reference: no prediction drift for it")
-        if run_model is not None and len(layout.inputs) == 1 and layout.outputs:
-            t = layout.inputs[0]
-            dtype = np.dtype(_numpy_type(t.datatype))
-            # an integer or boolean input has no missing value to give the model: the rows that have one
-            # (a NULL in reference.parquet) are left out of the outputs' profile
-            rows = matrix if dtype.kind == "f" else matrix[~np.isnan(matrix).any(axis=1)]
-            try:
-                out = run_model({t.name: rows.astype(dtype).reshape(-1, *_inner(t))})
-                y = np.hstack([np.asarray(out[o.name], dtype=np.float64).reshape(len(rows), o.width) for o in layout.outputs])
-                outputs = profile_matrix(layout.y_names, y, bins, categorical)
-            except Exception as err:  # the input example does not fit the model: inputs only
-                log.warning("reference_outputs_failed", model=model, version=version, error=str(err))
+        outputs = _outputs_profile(model, version, layout, matrix, bins, categorical, run_model)
         ref = VersionReference(inputs=inputs, outputs=outputs)
         if not self._save(model, version, "bundle", len(matrix), "import", ref):
             return self.get(model, version)  # built at the same time elsewhere (the monitor, a request): that one stays
@@ -163,6 +145,35 @@ class References:
 
 def _exists(model: str, version: int) -> Conflict:
     return Conflict(f"{model} version {version} already has a reference profile; it is immutable")
+
+
+def _outputs_profile(
+    model: str, version: int, layout: Layout, matrix: np.ndarray, bins: int, categorical: list[str], run_model: ModelRunner | None,
+) -> ReferenceProfile | None:
+    """The profile of the model's outputs over the reference rows (`matrix`, in the layout's input order); None,
+    logged, when the model cannot be run over them."""
+    if not layout.outputs:
+        return None
+    if len(layout.inputs) != 1:
+        log.warning("reference_outputs_skipped", model=model, version=version,
+                    reason="the model has several inputs and reference.parquet one table: no prediction drift for this version")
+        return None
+    if run_model is None:
+        log.warning("reference_outputs_skipped", model=model, version=version,
+                    reason="no loaded session of the version to run over the reference: no prediction drift for it")
+        return None
+    t = layout.inputs[0]
+    dtype = np.dtype(_numpy_type(t.datatype))
+    # an integer or boolean input has no missing value to give the model: the rows that have one
+    # (a NULL in reference.parquet) are left out of the outputs' profile
+    rows = matrix if dtype.kind == "f" else matrix[~np.isnan(matrix).any(axis=1)]
+    try:
+        out = run_model({t.name: rows.astype(dtype).reshape(-1, *_inner(t))})
+        y = np.hstack([np.asarray(out[o.name], dtype=np.float64).reshape(len(rows), o.width) for o in layout.outputs])
+        return profile_matrix(layout.y_names, y, bins, categorical)
+    except Exception as err:  # the input example does not fit the model: inputs only
+        log.warning("reference_outputs_failed", model=model, version=version, error=str(err))
+        return None
 
 
 def _inner(t: Any) -> tuple[int, ...]:
