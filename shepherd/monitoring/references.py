@@ -106,13 +106,10 @@ class References:
     ) -> VersionReference | None:
         """Profile a bundle's reference table (column -> array) under the layout's names; None when it does not fit."""
         columns = [c for c, a in table.items() if a.dtype.kind in "iufb" or c in categorical]
-        if len(layout.inputs) == 1 and len(columns) == len(layout.x_names) and set(columns) == set(layout.x_names):
-            matrix = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in layout.x_names])
-        elif set(layout.x_names) <= set(columns):
-            matrix = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in layout.x_names])
-        else:
+        if not set(layout.x_names) <= set(columns):
             log.warning("reference_does_not_match_inputs", model=model, version=version, features=layout.x_names, columns=columns)
             return None
+        matrix = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in layout.x_names])
         inputs = profile_matrix(layout.x_names, matrix, bins, categorical)
         outputs = _outputs_profile(model, version, layout, matrix, bins, categorical, run_model)
         ref = VersionReference(inputs=inputs, outputs=outputs)
