@@ -112,6 +112,14 @@ def serve(a: Appliance, rows_list: list[np.ndarray], ids: list[str | None] | Non
     return asyncio.run(go())
 
 
+def profiled(a: Appliance, model: str, version: int) -> VersionReference | None:
+    """The version's reference profile, once the background build after its load has stored it (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while a.references.get(model, version) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return a.references.get(model, version)
+
+
 def reference_like(n: int, seed: int = 0) -> np.ndarray:
     """Rows drawn from the reference sample itself (no drift)."""
     ref = duckdb.sql(f"SELECT * FROM read_parquet('{_ref_path()}')").fetchnumpy()
@@ -152,10 +160,7 @@ def test_every_request_is_logged_with_ids_inputs_outputs_and_slot(appl: Applianc
 def test_a_deployed_versions_reference_is_profiled_before_any_request(appl: Appliance):
     """Deploying a version profiles its bundle's reference (inputs, and outputs through the loaded model) in the
     background, before any request is served or any monitor pass runs."""
-    deadline = time.monotonic() + 60
-    while appl.references.get("iris", 1) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ref = appl.references.get("iris", 1)
+    ref = profiled(appl, "iris", 1)
     assert ref is not None and ref.outputs is not None
     assert ref.outputs.numeric_names  # the model ran over the reference rows
     info = appl.references.info("iris", 1)
@@ -168,9 +173,7 @@ def test_a_reference_stored_meanwhile_is_kept_and_adopting_over_it_is_refused(ap
     """References never change. A bundle profile that finds one stored since it looked (the monitor
     and a request building it at once) returns the stored one; an adoption that does gets 409, not
     a database error; and the stored reference is untouched either way."""
-    deadline = time.monotonic() + 60
-    while appl.references.get("iris", 1) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    profiled(appl, "iris", 1)
     before = appl.references.info("iris", 1)
     assert before is not None and before.source == "bundle"
     real = appl.events.reference
@@ -221,10 +224,7 @@ def test_nulls_in_a_bundles_reference_are_missing_values_not_zeros(appliance: Ap
     assert not np.isnan(table["c"]).any()
 
     asyncio.run(appliance.deployments.deploy("tiny", "tiny", 1, actor="t"))  # the model runs over the reference too
-    deadline = time.monotonic() + 60
-    while appliance.references.get("tiny", 1) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    profile = appliance.references.get("tiny", 1)
+    profile = profiled(appliance, "tiny", 1)
     assert profile is not None and profile.outputs is not None
     inputs = {f.name: f for f in profile.inputs.numeric}
     assert (inputs["a"].n_missing, inputs["a"].n_values, inputs["a"].missing_rate) == (25, 75, 0.25)
@@ -546,9 +546,7 @@ def test_reading_the_reference_of_a_version_not_loaded_stores_no_profile(client,
     assert r.status_code == 404 and "when a deployment loads it" in r.json()["error"], r.text
     assert appl.references.get("iris", 2) is None
     asyncio.run(appl.deployments.deploy("iris", "iris", 2, actor="t"))  # the candidate's load profiles it
-    deadline = time.monotonic() + 60
-    while appl.references.get("iris", 2) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    profiled(appl, "iris", 2)
     assert appl.references.get("iris", 2).outputs is not None
     r = client.get("/api/v1/deployments/iris/reference?version=2", headers=_h(client, "viewer"))
     assert r.status_code == 200 and r.json()["source"] == "bundle"
@@ -1021,9 +1019,7 @@ def test_a_categorical_feature_gets_chi_square_through_the_monitor(mon_config: c
     (policies / "iris.toml").write_text('[drift]\nwindow_rows = 200\ncategorical = ["petal_width"]\n')
     a = _serving_iris(mon_config, iris)
     try:
-        deadline = time.monotonic() + 60
-        while a.references.get("iris", 1) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        profiled(a, "iris", 1)
         assert a.references.get("iris", 1).inputs.categorical_names == ["petal_width"]
 
         def window(rows: np.ndarray) -> dict:
