@@ -115,3 +115,59 @@ def test_sigterm_flushes_every_answered_request(tmp_path, keys, iris_e2e, start_
     with duckdb.connect(str(tmp_path / "data" / "events.duckdb"), read_only=True) as con:
         logged = [r[0] for r in con.execute("SELECT request_id FROM predictions ORDER BY seq").fetchall()]
     assert logged == ids
+
+
+def _burst_in_one_window(url: str, token: str, rows: np.ndarray, seconds: float) -> float:
+    """Send `rows` starting just after a window boundary (windows of `seconds`, aligned to the epoch); the window's start."""
+    time.sleep(seconds - time.time() % seconds + 0.05)
+    start = time.time()
+    for r in rows:
+        infer(url, token, r)
+    window = start - start % seconds
+    assert time.time() < window + seconds, "the burst outlasted its window: the machine is too slow for this test"
+    return window
+
+
+def test_time_windows_through_http_and_the_cli(tmp_path, keys, iris_e2e, start_server):
+    """Windows by time on the live server: each epoch-aligned window holds exactly the rows served in it, a window of
+    shifted rows drifts and one of reference rows does not, and ?from/?to and the CLI's --from select by end time."""
+    from datetime import UTC, datetime
+
+    seconds = 4.0
+    cfg = write_config(tmp_path, keys, iris_e2e, flush_interval_s=0.1, interval_s=0.2)
+    (tmp_path / "policies" / "iris.toml").write_text(f"[drift]\nwindow_rows = 0\nwindow_seconds = {seconds}\n")
+    token = admin_token(cfg)
+    srv = start_server(cfg)
+    setup_iris(srv.url, token, iris_e2e)
+    calm = _burst_in_one_window(srv.url, token, reference_rows(iris_e2e, 100, 4), seconds)
+    shifted = _burst_in_one_window(srv.url, token, reference_rows(iris_e2e, 100, 5) + 3, seconds)
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat()
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, out = cli(srv.url, token, "drift", "iris", "--json", "--limit", "100")
+        windows = json.loads(out) if code == 0 else []
+        if any(datetime.fromisoformat(w["start_ts"]).timestamp() == shifted for w in windows):
+            break
+        time.sleep(0.2)
+    by_start = {datetime.fromisoformat(w["start_ts"]).timestamp(): w for w in windows}
+    assert calm in by_start and shifted in by_start, windows
+    assert sum(w["n_rows"] for w in windows) == 200  # every served row in exactly one window
+    for w in windows:  # contiguous, epoch-aligned windows of the policy's length
+        start, end = datetime.fromisoformat(w["start_ts"]).timestamp(), datetime.fromisoformat(w["end_ts"]).timestamp()
+        assert end - start == seconds and start % seconds == 0
+    assert (by_start[calm]["n_rows"], by_start[calm]["drifted"]) == (100, False)
+    assert (by_start[shifted]["n_rows"], by_start[shifted]["drifted"]) == (100, True)
+
+    # windows that ended in [from, to): from just after the calm window's end leaves it out
+    r = httpx.get(f"{srv.url}/api/v1/deployments/iris/drift", params={"from": iso(calm + seconds + 0.5), "to": iso(shifted + seconds + 0.5)},
+                  headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    starts = {datetime.fromisoformat(w["start_ts"]).timestamp() for w in r.json()}
+    assert shifted in starts and calm not in starts
+    code, out = cli(srv.url, token, "drift", "iris", "--json", "--to", iso(calm + seconds + 0.5))
+    assert code == 0 and [datetime.fromisoformat(w["start_ts"]).timestamp() for w in json.loads(out)][0] == calm
+    code, out = cli(srv.url, token, "drift", "iris", "--from", "yesterday")
+    assert code != 0 and "from" in out, out
