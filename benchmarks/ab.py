@@ -22,8 +22,9 @@ PYTHONPATH), for comparing code rather than settings: `git worktree add /tmp/bas
 
 For each variant and concurrency it prints the medians of req/s, p99 and server CPU per
 request, and, against the first variant, the ratio of the mean req/s with a 90% interval from a
-bootstrap that resamples whole rounds (a round is one pass over every server; resampling rounds
-keeps the machine's slow and fast phases together).
+two-level bootstrap: whole rounds, the same for every variant (a round is one pass over every
+server; resampling rounds keeps the machine's slow and fast phases together), and each variant's
+servers on their own (a server stays faster or slower than its twin for as long as it lives).
 """
 
 from __future__ import annotations
@@ -59,11 +60,20 @@ def parse_variant(text: str) -> tuple[str, str, str]:
 
 
 def bootstrap_ratio(base: np.ndarray, other: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Ratio of means of two (rounds, processes) arrays, and its 5th and 95th percentiles over resampled rounds."""
+    """Ratio of means of two (rounds, processes) arrays, and its 5th and 95th percentiles over a two-level bootstrap.
+
+    Rounds are resampled together for both variants (a round's slow or fast machine phase is shared
+    by every server measured in it), and each variant's processes are resampled on their own: two
+    identically configured servers can differ by 10% for as long as they live (memory layout, hash
+    seeds), so a ratio over a few processes carries that difference, and an interval from resampled
+    rounds alone would not show it.
+    """
     rng = np.random.default_rng(seed)
     ratio = float(other.mean() / base.mean())
-    picks = rng.integers(0, len(base), size=(draws, len(base)))
-    ratios = other[picks].mean(axis=(1, 2)) / base[picks].mean(axis=(1, 2))
+    rounds = rng.integers(0, len(base), size=(draws, len(base)))[:, :, None]
+    mine = rng.integers(0, base.shape[1], size=(draws, 1, base.shape[1]))
+    theirs = rng.integers(0, other.shape[1], size=(draws, 1, other.shape[1]))
+    ratios = other[rounds, theirs].mean(axis=(1, 2)) / base[rounds, mine].mean(axis=(1, 2))
     lo, hi = np.percentile(ratios, [5, 95])
     return ratio, float(lo), float(hi)
 
