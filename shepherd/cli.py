@@ -570,6 +570,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _window_performance(perf: dict[str, Any] | None) -> str:
+    """A drift window's performance in a table cell: accuracy (classifiers) or RMSE (regressors) and its label count."""
+    if not perf:
+        return ""
+    name = "accuracy" if perf["task"] == "classification" else "rmse"
+    return f"{name} {_fmt(perf['metrics'].get(name))} ({perf['n_labels']} labels)"
+
+
 @remote_command(main, "drift")
 @click.argument("deployment", type=NonEmpty)
 @click.option("--from", "start", help="ISO 8601 start (windows that ended at or after it).")
@@ -582,10 +590,11 @@ def drift(client: Any, as_json: bool, deployment: str, start: str | None, end: s
     if as_json:
         return _print_json(windows)
     rows = [
-        {**w, "share": f"{w['share']:.0%}", "drifted": "DRIFT" if w["drifted"] else "ok", "features": f"{w['n_drifted']}/{w['n_evaluated']}"}
+        {**w, "share": f"{w['share']:.0%}", "drifted": "DRIFT" if w["drifted"] else "ok", "features": f"{w['n_drifted']}/{w['n_evaluated']}",
+         "performance": _window_performance(w.get("performance"))}
         for w in windows
     ]
-    _print_table(rows, ["version", "window_id", "start_ts", "end_ts", "n_rows", "features", "share", "drifted"])
+    _print_table(rows, ["version", "window_id", "start_ts", "end_ts", "n_rows", "features", "share", "drifted", "performance"])
     if features and windows:
         click.echo(f"\nwindow {windows[0]['window_id']} of version {windows[0]['version']}:")
         feats = [

@@ -77,7 +77,8 @@ class MonitoringController(Controller):
         self, request: Request, name: FromPath[str], start: From = None, end: To = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
     ) -> list[dict[str, Any]]:
-        """Drift windows that ended in [from, to), newest first, with per-feature statistics."""
+        """Drift windows that ended in [from, to), newest first, with per-feature statistics and the performance of each
+        window's labelled rows (null without labels)."""
         appl = _app(request)
         _deployment(appl, name)
         a, b = _range(start, end)

@@ -58,7 +58,7 @@ from shepherd.config import Config, Policy, kernel_threads, load_policy
 from shepherd.errors import ConfigError, ShepherdError
 from shepherd.monitoring import kernels, performance
 from shepherd.monitoring.detectors import ADWIN, DDM, PageHinkley
-from shepherd.monitoring.layout import Layout, build_layout, targets
+from shepherd.monitoring.layout import Layout, Targets, build_layout, targets
 from shepherd.monitoring.references import References, VersionReference
 from shepherd.store.events import EventStore, list_matrix
 
@@ -515,18 +515,10 @@ class Monitor:
         table = self.events.labelled(deployment, version, pp.window_labels)
         if table.num_rows == 0:
             return None
-        layout = self.layout_of(model, version)
-        t = targets(layout, pp)
-        y = list_matrix(table, "y")
-        truth = table.column("label").to_numpy()
-        if t.label_index is None:
+        t = targets(self.layout_of(model, version), pp)
+        metrics = _metrics(t, list_matrix(table, "y"), table.column("label").to_numpy())
+        if metrics is None:
             return None
-        pred = y[:, t.label_index]
-        if t.task == "classification":
-            scores = y[:, t.score_indices] if t.score_indices else None
-            metrics = performance.classification(truth, pred, scores)
-        else:
-            metrics = performance.regression(truth, pred)
         _, bundle_metrics, _ = self.version_info(model, version)
         name = pp.baseline_metric or ("accuracy" if t.task == "classification" else "rmse")
         baseline = bundle_metrics.get(name)
@@ -619,7 +611,8 @@ class Monitor:
     # -- queries for the API and CLI -------------------------------------------------------
 
     def drift_history(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
-        """Windows that ended in [start, end), newest first, each with its per-feature results."""
+        """Windows that ended in [start, end), newest first, each with its per-feature results and its performance
+        (`window_performance`)."""
         windows = self.events.windows(deployment, start, end, limit)
         feats = self.events.window_features(deployment, [(w["version"], w["window_id"]) for w in windows])
         by_key: dict[tuple[int, int], list[dict[str, Any]]] = {}
@@ -627,7 +620,42 @@ class Monitor:
             by_key.setdefault((f["version"], f["window_id"]), []).append(
                 {k: v for k, v in f.items() if k not in ("deployment", "version", "window_id")}
             )
-        return [{**w, "features": by_key.get((w["version"], w["window_id"]), [])} for w in windows]
+        scored = self.window_performance(deployment, windows)
+        return [
+            {**w, "features": by_key.get((w["version"], w["window_id"]), []), "performance": scored.get((w["version"], w["window_id"]))}
+            for w in windows
+        ]
+
+    def window_performance(self, deployment: str, windows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """{(version, window_id): {"task", "n_labels", "metrics"}} for the windows with labelled rows, computed when asked
+        (labels that arrive late count). Leaves out a window whose version is no longer in the registry, and all of
+        them when the deployment's policy file cannot be read: which output is the label comes from the two."""
+        try:
+            pp = self.policy(deployment).performance
+        except ConfigError:
+            return {}
+        spans = [(w["version"], w["window_id"], w["first_seq"], w["last_seq"]) for w in windows if w["n_rows"]]
+        if not spans:
+            return {}
+        table = self.events.window_labelled(deployment, spans)
+        if not table.num_rows:
+            return {}
+        models = {(w["version"], w["window_id"]): w["model"] for w in windows}
+        versions = table.column("version").to_numpy()
+        ids = table.column("window_id").to_numpy()
+        starts = np.flatnonzero(np.r_[True, (versions[1:] != versions[:-1]) | (ids[1:] != ids[:-1])])
+        out = {}
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(ids)]):
+            key = (int(versions[a]), int(ids[a]))
+            try:
+                t = targets(self.layout_of(models[key], key[0]), pp)
+            except ShepherdError:  # the version was deleted from the registry since it logged
+                continue
+            rows = table.slice(a, b - a)  # one window: one version, so one width of y
+            metrics = _metrics(t, list_matrix(rows, "y"), rows.column("label").to_numpy())
+            if metrics is not None:
+                out[key] = {"task": t.task, "n_labels": b - a, "metrics": metrics}
+        return out
 
     def adopt_reference(self, deployment: str, model: str, version: int, rows: int, actor: str) -> Any:
         dp = self.policy(deployment).drift
@@ -698,6 +726,16 @@ class Evaluated:
     def __init__(self, window: dict[str, Any], features: dict[str, np.ndarray]) -> None:
         self.window = window
         self.features = features
+
+
+def _metrics(t: Targets, y: np.ndarray, truth: np.ndarray) -> dict[str, float | None] | None:
+    """Performance metrics of predictions `y` (logged outputs) against labels `truth`; None when no output is the label."""
+    if t.label_index is None:
+        return None
+    pred = y[:, t.label_index]
+    if t.task == "classification":
+        return performance.classification(truth, pred, y[:, t.score_indices] if t.score_indices else None)
+    return performance.regression(truth, pred)
 
 
 def _profile_columns(

@@ -454,6 +454,24 @@ class EventStore:
             params=[deployment, version, limit],
         ).to_arrow_table()
 
+    def window_labelled(self, deployment: str, windows: Sequence[tuple[int, int, int, int]]) -> pa.Table:
+        """The labelled rows of drift windows given as (version, window_id, first_seq, last_seq): version, window_id,
+        y and label, in window and seq order. A window's rows are its version's rows with seq in [first_seq, last_seq]."""
+        cur = self.cursor()
+        cur.register("shepherd_windows_in", pa.table({
+            "version": pa.array([w[0] for w in windows], pa.int32()), "window_id": pa.array([w[1] for w in windows], pa.int64()),
+            "first_seq": pa.array([w[2] for w in windows], pa.int64()), "last_seq": pa.array([w[3] for w in windows], pa.int64()),
+        }))
+        try:
+            return cur.sql(
+                "SELECT w.version, w.window_id, p.y, f.label FROM shepherd_windows_in w JOIN predictions p "
+                "ON p.deployment = ? AND p.version = w.version AND p.seq BETWEEN w.first_seq AND w.last_seq "
+                "JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" ORDER BY w.version, w.window_id, p.seq",
+                params=[deployment],
+            ).to_arrow_table()
+        finally:
+            cur.unregister("shepherd_windows_in")
+
     def labelled_since(self, deployment: str, version: int, after_received: datetime | None) -> pa.Table:
         """Labelled rows whose label arrived after `after_received`, in arrival order (the error stream)."""
         return self.cursor().sql(

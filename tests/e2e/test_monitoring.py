@@ -80,8 +80,11 @@ def test_drift_feedback_alerts_and_export_through_the_cli(tmp_path, keys, iris_e
         time.sleep(0.2)
     windows = json.loads(out)
     assert [w["drifted"] for w in windows[:2]] == [True, False], windows
+    # each window is scored on its own rows' labels (every label here is the prediction)
+    assert [(w["performance"]["n_labels"], w["performance"]["metrics"]["accuracy"]) for w in windows[:2]] == [(100, 1.0)] * 2
     code, out = cli(srv.url, token, "drift", "iris")
     assert code == 0 and "DRIFT" in out and "petal_length" in out
+    assert "PERFORMANCE" in out and "accuracy 1 (100 labels)" in out, out
 
     code, out = cli(srv.url, token, "alerts", "list", "--deployment", "iris", "--json")
     kinds = {(a["kind"], a["level"]) for a in json.loads(out)}

@@ -394,6 +394,40 @@ def test_feedback_joins_late_labels_reports_unknown_and_newest_wins(appl: Applia
     assert got == {answers[0]["id"]: 2.0, answers[2]["id"]: 2.0}
 
 
+
+def test_each_drift_window_reports_the_performance_of_its_own_labelled_rows(appl: Appliance):
+    """A drift window's performance is over the labels of its own rows, joined when asked: a window without labels has
+    none, late labels count from the next read, and a replaced label changes it (the newest wins)."""
+    from shepherd.monitoring import feedback as fb
+    from shepherd.monitoring import performance
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(400)])  # two windows of 200 rows
+    preds = np.array([a["outputs"][0]["data"][0] for a in answers], dtype=float)
+    probs = np.array([a["outputs"][1]["data"] for a in answers], dtype=float)
+    truth = preds.copy()
+    truth[10:30] = (preds[10:30] + 1) % 3  # 20 of the first window's labelled 100 are wrong
+    labelled = list(range(0, 200, 2))
+    fb.ingest(appl.events, appl.predlog, [fb.Label(answers[i]["id"], truth[i]) for i in labelled])
+    appl.monitor.tick()
+
+    def windows() -> dict[int, dict | None]:
+        return {w["window_id"]: w["performance"] for w in appl.monitor.drift_history("iris", None, None, 10)}
+
+    got = windows()
+    assert got[2] is None, "no label for any row of the second window"
+    first = got[1]
+    assert first["task"] == "classification" and first["n_labels"] == 100
+    expected = performance.classification(truth[labelled], preds[labelled], probs[labelled])
+    assert first["metrics"] == pytest.approx(expected)
+    assert first["metrics"]["accuracy"] == pytest.approx(0.9)  # 10 of the 20 wrong ones are on even rows
+
+    late = list(range(200, 250))
+    fb.ingest(appl.events, appl.predlog, [fb.Label(answers[i]["id"], preds[i]) for i in late])
+    fb.ingest(appl.events, appl.predlog, [fb.Label(answers[10]["id"], preds[10])])  # the first window's label for row 10, corrected
+    got = windows()
+    assert got[2]["n_labels"] == 50 and got[2]["metrics"]["accuracy"] == 1.0
+    assert got[1]["n_labels"] == 100 and got[1]["metrics"]["accuracy"] == pytest.approx(0.91)
+
 def test_feedback_while_the_log_cannot_flush_is_refused_not_reported_unknown(appl: Appliance, monkeypatch):
     """A label for a request that was answered but is not in DuckDB yet (the flush is stuck or failing) is not an
     unknown id: the whole send is refused (503, retry later) and nothing is stored."""
