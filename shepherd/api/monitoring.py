@@ -67,10 +67,12 @@ class MonitoringController(Controller):
 
     @post("/feedback", opt=OPERATOR, status_code=200)
     async def send_feedback(self, request: Request, data: JSONBody[feedback.FeedbackBody]) -> feedback.FeedbackResult:
-        """Ground truth by request id, one label or a batch; unknown ids come back in `unknown`; the newest label wins."""
+        """Ground truth by request id, one label or a batch; unknown ids come back in `unknown`; the newest label wins.
+        A label for a classifier's answer must be a whole number (a class): one that is not refuses the whole send."""
         appl = _app(request)
         items = data.items()
-        return await anyio.to_thread.run_sync(lambda: feedback.ingest(appl.events, appl.predlog, items, single=data.labels is None))
+        return await anyio.to_thread.run_sync(
+            lambda: feedback.ingest(appl.events, appl.predlog, items, single=data.labels is None, task_of=appl.monitor.task_of))
 
     @get("/deployments/{name:str}/drift", opt=VIEWER)
     async def drift(

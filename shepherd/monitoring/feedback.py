@@ -3,7 +3,9 @@
 Rules (also in the README):
   * A label names the request by the `id` the infer response carried (Shepherd generates one when
     the request had none) and, for a request of several rows, the row (0-based; default 0).
-  * Labels are numbers: the class index for classifiers, the true value for regressors.
+  * Labels are numbers: the class index for classifiers, the true value for regressors. A label for a
+    request a classifier answered must be a whole number; a send with one that is not is refused whole
+    (400, naming the label) and stores nothing.
   * Labels may arrive late and in any order. Before matching, the prediction log is flushed, so a
     label sent right after its response still finds its request.
   * A label whose request is not in the log (unknown id, sampled out, or deleted by retention) is
@@ -17,6 +19,7 @@ Rules (also in the README):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -87,18 +90,48 @@ def validate(items: list[Label], single: bool = False) -> None:
             raise InvalidInput(f"row must be 0 to {MAX_ROW}", field=f"{at}row")
 
 
-def ingest(events: EventStore, predlog: PredictionLog | None, items: list[Label], single: bool = False) -> FeedbackResult:
-    """Store the labels whose request rows are logged; report the rest (`single`: see validate)."""
+def ingest(
+    events: EventStore, predlog: PredictionLog | None, items: list[Label], single: bool = False,
+    task_of: Callable[[str, str, int], str | None] | None = None,
+) -> FeedbackResult:
+    """Store the labels whose request rows are logged; report the rest (`single`: see validate).
+
+    `task_of(deployment, model, version)` ("classification", "regression", or None when unknown) checks each label
+    against the versions that answered its request: a classifier's label is a class, a whole number. One label that
+    fails refuses the whole send (InvalidInput naming it), and nothing is stored."""
     validate(items, single)
     # every request answered before now must be in DuckDB, or its id would come back "unknown"
     if predlog is not None and not predlog.flush(timeout=FLUSH_WAIT_S):
         raise Busy(f"the prediction log has not flushed within {FLUSH_WAIT_S:.0f} s (DuckDB is behind or failing); "
                    "no label was stored, retry later")
-    latest: dict[tuple[str, int], Label] = {}
-    for item in items:
-        latest[(item.request_id, item.row)] = item  # within a batch, the last one wins
+    latest: dict[tuple[str, int], tuple[int, Label]] = {}
+    for i, item in enumerate(items):
+        latest[(item.request_id, item.row)] = (i, item)  # within a batch, the last one wins
     keys = list(latest)
-    known = events.known_rows(keys)
-    store = [k for k in keys if k in known]
-    replaced = events.upsert_feedback(store, [latest[k].label for k in store], datetime.now(UTC))
-    return FeedbackResult(accepted=len(store), replaced=replaced, unknown=[latest[k] for k in keys if k not in known])
+    served = events.served_by(keys)
+    if task_of is not None:
+        _check_classes(served, latest, task_of, single)
+    store = [k for k in keys if k in served]
+    replaced = events.upsert_feedback(store, [latest[k][1].label for k in store], datetime.now(UTC))
+    return FeedbackResult(accepted=len(store), replaced=replaced, unknown=[latest[k][1] for k in keys if k not in served])
+
+
+def _check_classes(
+    served: dict[tuple[str, int], set[tuple[str, str, int]]], latest: dict[tuple[str, int], tuple[int, Label]],
+    task_of: Callable[[str, str, int], str | None], single: bool,
+) -> None:
+    tasks: dict[tuple[str, str, int], str | None] = {}
+    for key, versions in served.items():
+        i, item = latest[key]
+        if item.label.is_integer():
+            continue
+        for v in sorted(versions):
+            if v not in tasks:
+                tasks[v] = task_of(*v)
+            if tasks[v] == "classification":
+                at = "" if single else f"labels[{i}]."
+                raise InvalidInput(
+                    f"request {item.request_id!r} was answered by classifier {v[1]} version {v[2]} (deployment {v[0]}): "
+                    f"its label must be a class, a whole number, not {item.label!r}; no label was stored",
+                    field=f"{at}label",
+                )

@@ -300,6 +300,14 @@ class Monitor:
             layout = self._layouts[key] = build_layout(signature or sig, columns)
         return layout
 
+    def task_of(self, deployment: str, model: str, version: int) -> str | None:
+        """"classification" or "regression" for a version served by `deployment` (its performance policy and outputs);
+        None when that cannot be told (the version left the registry, the policy file cannot be read)."""
+        try:
+            return targets(self.layout_of(model, version), self.policy(deployment).performance).task
+        except ShepherdError:
+            return None
+
     def feature_names(self, model: str, version: int) -> tuple[list[str], list[str]] | None:
         """A version's input feature and output names as the log stores them (x, y); None when it is not in the registry."""
         try:

@@ -409,19 +409,24 @@ class EventStore:
 
     # -- feedback -------------------------------------------------------------------------
 
-    def known_rows(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    def served_by(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], set[tuple[str, str, int]]]:
+        """The logged (request id, row) keys among `keys`, each with the (deployment, model, version) that answered it
+        (more than one when a client reused an id)."""
         if not keys:
-            return set()
+            return {}
         cur = self.cursor()
         cur.register("keys_in", pa.table({"request_id": [k[0] for k in keys], "row": [k[1] for k in keys]}))
         try:
             found = cur.execute(
-                "SELECT DISTINCT k.request_id, k.\"row\" FROM keys_in k JOIN predictions p "
+                "SELECT DISTINCT k.request_id, k.\"row\", p.deployment, p.model, p.version FROM keys_in k JOIN predictions p "
                 "ON p.request_id = k.request_id AND p.\"row\" = k.\"row\""
             ).fetchall()
         finally:
             cur.unregister("keys_in")
-        return {(r[0], int(r[1])) for r in found}
+        out: dict[tuple[str, int], set[tuple[str, str, int]]] = {}
+        for request_id, row, deployment, model, version in found:
+            out.setdefault((request_id, int(row)), set()).add((deployment, model, int(version)))
+        return out
 
     def upsert_feedback(self, keys: Sequence[tuple[str, int]], labels: Sequence[float], received_at: datetime) -> int:
         """Store labels; a key already labelled is replaced (the newest label wins). Returns how many replaced an earlier label."""

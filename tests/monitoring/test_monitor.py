@@ -428,6 +428,31 @@ def test_each_drift_window_reports_the_performance_of_its_own_labelled_rows(appl
     assert got[2]["n_labels"] == 50 and got[2]["metrics"]["accuracy"] == 1.0
     assert got[1]["n_labels"] == 100 and got[1]["metrics"]["accuracy"] == pytest.approx(0.91)
 
+
+def test_a_classifiers_label_must_be_a_class_and_a_bad_one_stores_nothing(client, appl: Appliance, monkeypatch):
+    """A fractional label for a request the iris classifier answered refuses the whole send, naming that label, and stores
+    nothing; whole numbers are stored; a regressor's answer takes any number."""
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(3)])
+    h = _h(client, "operator")
+
+    def stored() -> int:
+        return appl.events.cursor().execute("SELECT count(*) FROM feedback").fetchone()[0]
+
+    batch = [{"request_id": answers[0]["id"], "label": 1}, {"request_id": answers[1]["id"], "label": 1.5},
+             {"request_id": "never-served", "label": 0.5}]  # an unknown id is not checked: it is reported, as before
+    r = client.post("/api/v1/feedback", json={"labels": batch}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "labels[1].label", r.text
+    assert "classifier iris version 1" in r.text and "1.5" in r.text, r.text
+    assert stored() == 0
+    r = client.post("/api/v1/feedback", json={"request_id": answers[2]["id"], "label": 2.25}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "label", r.text
+    r = client.post("/api/v1/feedback", json={"labels": [batch[0], dict(batch[1], label=2.0), batch[2]]}, headers=h)
+    assert r.status_code == 200 and r.json()["accepted"] == 2 and stored() == 2, r.text
+
+    monkeypatch.setattr(appl.monitor, "task_of", lambda deployment, model, version: "regression")
+    r = client.post("/api/v1/feedback", json={"request_id": answers[2]["id"], "label": 2.25}, headers=h)
+    assert r.status_code == 200 and r.json()["accepted"] == 1 and stored() == 3, r.text
+
 def test_feedback_while_the_log_cannot_flush_is_refused_not_reported_unknown(appl: Appliance, monkeypatch):
     """A label for a request that was answered but is not in DuckDB yet (the flush is stuck or failing) is not an
     unknown id: the whole send is refused (503, retry later) and nothing is stored."""
