@@ -120,12 +120,12 @@ def _check_classes(
     served: dict[tuple[str, int], set[tuple[str, str, int]]], latest: dict[tuple[str, int], tuple[int, Label]],
     task_of: Callable[[str, str, int], str | None], single: bool,
 ) -> None:
+    """Raise InvalidInput for the first label, in the send's order, that is not a whole number and is for a classifier's answer."""
     tasks: dict[tuple[str, str, int], str | None] = {}
-    for key, versions in served.items():
-        i, item = latest[key]
+    for i, item in sorted(latest.values(), key=lambda pair: pair[0]):
         if item.label.is_integer():
             continue
-        for v in sorted(versions):
+        for v in sorted(served.get((item.request_id, item.row), ())):
             if v not in tasks:
                 tasks[v] = task_of(*v)
             if tasks[v] == "classification":
