@@ -300,13 +300,18 @@ class Monitor:
             layout = self._layouts[key] = build_layout(signature or sig, columns)
         return layout
 
-    def task_of(self, deployment: str, model: str, version: int) -> str | None:
-        """"classification" or "regression" for a version served by `deployment` (its performance policy and outputs);
-        None when that cannot be told (the version left the registry, the policy file cannot be read)."""
+    def targets_of(self, deployment: str, model: str, version: int) -> Targets | None:
+        """What `deployment`'s performance policy makes of a version's outputs (task, label, scores); None when that
+        cannot be told (the version left the registry, the policy file cannot be read)."""
         try:
-            return targets(self.layout_of(model, version), self.policy(deployment).performance).task
+            return targets(self.layout_of(model, version), self.policy(deployment).performance)
         except ShepherdError:
             return None
+
+    def task_of(self, deployment: str, model: str, version: int) -> str | None:
+        """"classification" or "regression" for a version served by `deployment`; None when that cannot be told (targets_of)."""
+        t = self.targets_of(deployment, model, version)
+        return None if t is None else t.task
 
     def feature_names(self, model: str, version: int) -> tuple[list[str], list[str]] | None:
         """A version's input feature and output names as the log stores them (x, y); None when it is not in the registry."""
@@ -636,12 +641,7 @@ class Monitor:
 
     def window_performance(self, deployment: str, windows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
         """{(version, window_id): {"task", "n_labels", "metrics"}} for the windows with labelled rows, computed when asked
-        (labels that arrive late count). Leaves out a window whose version is no longer in the registry, and all of
-        them when the deployment's policy file cannot be read: which output is the label comes from the two."""
-        try:
-            pp = self.policy(deployment).performance
-        except ConfigError:
-            return {}
+        (labels that arrive late count). Leaves out a window whose version's targets cannot be told (targets_of)."""
         spans = [(w["version"], w["window_id"], w["first_seq"], w["last_seq"]) for w in windows if w["n_rows"]]
         if not spans:
             return {}
@@ -652,12 +652,14 @@ class Monitor:
         versions = table.column("version").to_numpy()
         ids = table.column("window_id").to_numpy()
         starts = np.flatnonzero(np.r_[True, (versions[1:] != versions[:-1]) | (ids[1:] != ids[:-1])])
+        found: dict[int, Targets | None] = {}  # by version: one policy and layout lookup each
         out = {}
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(ids)]):
             key = (int(versions[a]), int(ids[a]))
-            try:
-                t = targets(self.layout_of(models[key], key[0]), pp)
-            except ShepherdError:  # the version was deleted from the registry since it logged
+            if key[0] not in found:
+                found[key[0]] = self.targets_of(deployment, models[key], key[0])
+            t = found[key[0]]
+            if t is None:
                 continue
             rows = table.slice(a, b - a)  # one window: one version, so one width of y
             metrics = _metrics(t, list_matrix(rows, "y"), rows.column("label").to_numpy())
