@@ -26,6 +26,12 @@ answer was seen (feedback for it, say) covers that request. `close()` (SIGTERM, 
 everything still buffered. A crash (SIGKILL, power loss) loses what arrived since the last flush:
 at most one interval.
 
+Order: `seq` numbers the rows in the order they were recorded, and within a version also in time
+order (`ts`). A version served in two slots at once (a candidate of the primary's own version) fills
+two segments side by side; a flush that holds such interleaved segments puts its rows in time order
+before numbering them, so that a time window of a version is one range of its seqs, as a count
+window is (`EventStore.window_labelled`).
+
 Back-pressure: the buffers hold at most `buffer_rows` rows. When DuckDB cannot keep up, further
 requests are dropped and counted (`shepherd_prediction_log_dropped_total`); the request itself is
 never delayed. Sampling (`sample_rate`) decides per request.
@@ -43,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -352,6 +359,8 @@ class PredictionLog:
                 parts.append(seg.table(seq))
                 seq += seg.n
             table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            if _interleaved(segments):
+                table = _in_time_order(table, self._seq)
             self.events.append_predictions(table, {(d, m, int(v)) for d, m, v, _ in {seg.labels for seg in segments}})
         except Exception:
             with self._lock:  # back in front, in order: nothing acknowledged is lost
@@ -390,6 +399,25 @@ class PredictionLog:
             return
         if deleted or results:
             log.info("prediction_log_retention", deleted=deleted, results_deleted=results)
+
+
+def _interleaved(segments: list[Segment]) -> bool:
+    """Whether some version's rows, taken in the flush's segment order, go back in time (see "Order")."""
+    last: dict[tuple, int] = {}
+    for seg in segments:
+        if not seg.n:
+            continue
+        version = seg.labels[:3]
+        if version in last and seg.ts[0] < last[version]:
+            return True
+        last[version] = int(seg.ts[seg.n - 1])
+    return False
+
+
+def _in_time_order(table: pa.Table, first_seq: int) -> pa.Table:
+    """The flush's rows sorted by ts (stable: rows stamped alike keep the order they were recorded in), numbered again from first_seq."""
+    table = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
+    return table.set_column(table.schema.get_field_index("seq"), "seq", pa.array(np.arange(first_seq, first_seq + table.num_rows, dtype=np.int64)))
 
 
 def _capacity(columns: Columns, k: int, buffer_rows: int) -> int:

@@ -7,7 +7,7 @@ the flusher, so a batch of N requests is one INSERT. The newest appended rows al
 answered from there while they can be.
 
 Tables:
-  predictions   one row per request row: seq (monotonic), request_id, row (index inside the
+  predictions   one row per request row: seq (monotonic; within a version also in ts order), request_id, row (index inside the
                 request), ts, deployment, model, version, slot, latency_us, x (the numeric
                 input features of that row, flattened in layout order), y (the outputs, likewise)
   feedback      ground truth by (request_id, row); a later label for the same key replaces
@@ -461,7 +461,8 @@ class EventStore:
 
     def window_labelled(self, deployment: str, windows: Sequence[tuple[int, int, int, int]]) -> pa.Table:
         """The labelled rows of drift windows given as (version, window_id, first_seq, last_seq): version, window_id,
-        y and label, in window and seq order. A window's rows are its version's rows with seq in [first_seq, last_seq]."""
+        y and label, in window and seq order. A window's rows are its version's rows with seq in [first_seq, last_seq]: a
+        count window's by definition, and a time window's too, because within a version seq follows ts (predlog's "Order")."""
         cur = self.cursor()
         cur.register("shepherd_windows_in", pa.table({
             "version": pa.array([w[0] for w in windows], pa.int32()), "window_id": pa.array([w[1] for w in windows], pa.int64()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -118,6 +119,30 @@ def test_rows_land_in_order_with_their_values_across_segments_and_versions(store
             np.testing.assert_allclose(r[8], e[4], rtol=1e-7)
             assert r[9] == pytest.approx(2000.0)
         assert [r[10] for r in rows] == sorted(r[10] for r in rows)
+
+
+def test_a_version_served_in_two_slots_at_once_is_numbered_in_time_order(store: EventStore):
+    """Version 1 as primary and as candidate at once, with version 2 beside it, in one flush: two segments of
+    version 1 side by side. Its rows are numbered in the order they were recorded (which is time order), so a
+    range of ts is a range of seq, as time windows need; the monitor's reads from memory still equal DuckDB's."""
+    candidate_1 = (*A[:3], "candidate")
+    log = _log(store)
+    rng = np.random.default_rng(4)
+    order = []
+    for i in range(30):
+        labels = [A, candidate_1, B][i % 3] if i < 24 else A
+        inputs, outputs = _request(rng, 1 + (i % 5 == 0))
+        _one(log, f"r{i}", labels, inputs, outputs)
+        order.append((f"r{i}", labels))
+        time.sleep(1e-4)  # distinct timestamps
+    assert log.flush()
+    got = store.cursor().execute('SELECT seq, request_id, ts, slot, version FROM predictions ORDER BY seq').fetchall()
+    assert [g[0] for g in got] == list(range(1, len(got) + 1))
+    assert [g[2] for g in got] == sorted(g[2] for g in got)
+    assert list(dict.fromkeys(g[1] for g in got)) == [rid for rid, _ in order]  # every row of a request together, in record order
+    assert {(g[1], g[3], str(g[4])) for g in got} == {(rid, labels[3], labels[2]) for rid, labels in order}
+    _check_reads(store, [0, 5, 17])
+    log.close()
 
 
 def _ids(store: EventStore) -> list[str]:
