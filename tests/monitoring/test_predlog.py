@@ -128,19 +128,22 @@ def test_a_version_served_in_two_slots_at_once_is_numbered_in_time_order(store: 
     candidate_1 = (*A[:3], "candidate")
     log = _log(store)
     rng = np.random.default_rng(4)
-    order = []
+    order, values = [], {}
     for i in range(30):
         labels = [A, candidate_1, B][i % 3] if i < 24 else A
         inputs, outputs = _request(rng, 1 + (i % 5 == 0))
         _one(log, f"r{i}", labels, inputs, outputs)
         order.append((f"r{i}", labels))
+        for j in range(len(inputs["a"])):
+            values[(f"r{i}", j)] = (float(inputs["a"][j, 0, 0]), float(outputs["scores"][j, 1]))
         time.sleep(1e-4)  # distinct timestamps
     assert log.flush()
-    got = store.cursor().execute('SELECT seq, request_id, ts, slot, version FROM predictions ORDER BY seq').fetchall()
+    got = store.cursor().execute('SELECT seq, request_id, ts, slot, version, "row", x[1], y[3] FROM predictions ORDER BY seq').fetchall()
     assert [g[0] for g in got] == list(range(1, len(got) + 1))
     assert [g[2] for g in got] == sorted(g[2] for g in got)
     assert list(dict.fromkeys(g[1] for g in got)) == [rid for rid, _ in order]  # every row of a request together, in record order
     assert {(g[1], g[3], str(g[4])) for g in got} == {(rid, labels[3], labels[2]) for rid, labels in order}
+    assert {(g[1], g[5]): (g[6], g[7]) for g in got} == values  # each row moved with its values
     _check_reads(store, [0, 5, 17])
     log.close()
 
