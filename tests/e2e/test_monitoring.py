@@ -124,8 +124,11 @@ def _burst_in_one_window(url: str, token: str, rows: np.ndarray, seconds: float)
     """Send `rows` starting just after a window boundary (windows of `seconds`, aligned to the epoch); the window's start."""
     time.sleep(seconds - time.time() % seconds + 0.05)
     start = time.time()
-    for r in rows:
-        infer(url, token, r)
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as client:  # 10 requests of 10 rows: well inside a window on a busy machine
+        for part in np.array_split(rows, 10):
+            body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(part.shape), "data": part.ravel().tolist()}]}
+            r = client.post(f"{url}/v2/models/iris/infer", json=body)
+            assert r.status_code == 200, r.text
     window = start - start % seconds
     assert time.time() < window + seconds, "the burst outlasted its window: the machine is too slow for this test"
     return window
