@@ -143,7 +143,8 @@ class Monitor:
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, int], StreamState] = {}
-        self._feedback_seen = -1  # EventStore.feedback_generation at the last pass that read feedback
+        # (deployment, model, version) -> EventStore.feedback_generation when its evaluation and streams last ran through
+        self._feedback_seen: dict[tuple[str, str, int], int] = {}
         # The error streams read labels received from now on: the detectors' state starts fresh in each
         # process, and replaying every stored label into them would raise an old incident again.
         self._labels_from = datetime.now(UTC)
@@ -356,7 +357,6 @@ class Monitor:
             now = now or datetime.now(UTC)
             self._raise_unraised()
             generation = self.events.feedback_generation
-            new_feedback = generation != self._feedback_seen
             for deployment in self.deployments():
                 try:
                     policy = self.policy(deployment)
@@ -367,12 +367,19 @@ class Monitor:
                         waiting = self._windows(deployment, model, version, policy, now)
                         self.g_behind.labels(deployment, model, str(version)).set(1 if waiting else 0)
                         behind |= waiting
+                    except Exception:
+                        log.exception("monitor_windows_failed", deployment=deployment, model=model, version=version)
+                    # Apart from the windows: a failed window pass must not cost the labels that arrived their
+                    # evaluation. The feedback counts as seen for a version only once its evaluation and streams ran.
+                    key = (deployment, model, version)
+                    new_feedback = generation != self._feedback_seen.get(key)
+                    try:
                         if new_feedback:
                             self._performance(deployment, model, version, policy, now)
                         self._streams_step(deployment, model, version, policy, new_feedback)
+                        self._feedback_seen[key] = generation
                     except Exception:
-                        log.exception("monitor_version_failed", deployment=deployment, model=model, version=version)
-            self._feedback_seen = generation
+                        log.exception("monitor_performance_failed", deployment=deployment, model=model, version=version)
             self.g_pass.set(time.perf_counter() - started)
         return behind
 

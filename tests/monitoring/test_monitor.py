@@ -395,6 +395,35 @@ def test_feedback_joins_late_labels_reports_unknown_and_newest_wins(appl: Applia
 
 
 
+def test_a_failed_window_pass_does_not_cost_new_labels_their_evaluation(appl: Appliance, monkeypatch):
+    """Labels arrive, and the pass that should evaluate them fails in its drift windows: the evaluation still runs in
+    that pass, and when it is the evaluation that fails, the next pass runs it (the feedback is not marked seen)."""
+    from shepherd.monitoring import feedback as fb
+
+    answers = serve(appl, [reference_like(1, seed=i) for i in range(60)])
+    fb.ingest(appl.events, appl.predlog, [fb.Label(x["id"], 0.0) for x in answers[:50]])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("transient")
+
+    real_windows, real_performance = appl.monitor._windows, appl.monitor._performance
+    monkeypatch.setattr(appl.monitor, "_windows", broken)
+    appl.monitor.tick()
+    evaluations = appl.events.performance("iris", None, None, 10)
+    assert [e["n_labels"] for e in evaluations] == [50]
+    monkeypatch.setattr(appl.monitor, "_windows", real_windows)
+
+    fb.ingest(appl.events, appl.predlog, [fb.Label(x["id"], 0.0) for x in answers[50:]])
+    monkeypatch.setattr(appl.monitor, "_performance", broken)
+    appl.monitor.tick()
+    assert len(appl.events.performance("iris", None, None, 10)) == 1
+    monkeypatch.setattr(appl.monitor, "_performance", real_performance)
+    appl.monitor.tick()
+    assert [e["n_labels"] for e in appl.events.performance("iris", None, None, 10)] == [60, 50]
+    appl.monitor.tick()  # nothing new: no further evaluation
+    assert len(appl.events.performance("iris", None, None, 10)) == 2
+
+
 def test_each_drift_window_reports_the_performance_of_its_own_labelled_rows(appl: Appliance):
     """A drift window's performance is over the labels of its own rows, joined when asked: a window without labels has
     none, late labels count from the next read, and a replaced label changes it (the newest wins)."""
