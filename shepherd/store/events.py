@@ -261,7 +261,12 @@ class EventStore:
     # -- prediction log -------------------------------------------------------------------
 
     def next_seq(self) -> int:
-        (value,) = self.cursor().execute("SELECT coalesce(max(seq), 0) + 1 FROM predictions").fetchone()
+        """The seq after every one ever used: past the rows logged and past the stored drift windows. Retention may delete
+        every row (a quiet week), but each version's newest window stays, and the monitor resumes after its last_seq;
+        seqs that started again from 1 would sit behind it, unread, until they passed it."""
+        (value,) = self.cursor().execute(
+            "SELECT greatest((SELECT coalesce(max(seq), 0) FROM predictions), (SELECT coalesce(max(last_seq), 0) FROM drift_windows)) + 1"
+        ).fetchone()
         return int(value)
 
     def append_predictions(self, table: pa.Table, versions: set[tuple[str, str, int]]) -> None:

@@ -237,6 +237,38 @@ def test_a_request_that_does_not_fit_its_columns_is_counted_not_raised(store: Ev
     assert _ids(store) == ["before", "after", "last1", "last2"]
 
 
+def test_seq_never_starts_again_after_retention_deleted_every_row(store: EventStore):
+    """Every row is older than retention_days and goes; the version's newest drift window stays. A log started after that
+    numbers its rows past the window's last seq, so the monitor, which resumes after it, reads them."""
+    from shepherd.monitoring.monitor import FEATURE_SCHEMA
+
+    log = _log(store)
+    rng = np.random.default_rng(8)
+    for i in range(5):
+        _one(log, f"old{i}", A, *_request(rng, 1))
+    log.close()
+    store.cursor().execute("UPDATE predictions SET ts = ts - INTERVAL 40 DAY")
+    first, last, start, end = store.cursor().execute("SELECT min(seq), max(seq), min(ts), max(ts) FROM predictions").fetchone()
+    store.save_windows([{"deployment": "dep", "model": "m", "version": 1, "window_id": 1, "start_ts": start, "end_ts": end,
+                         "first_seq": first, "last_seq": last, "n_rows": 5, "n_features": 7, "n_evaluated": 7, "n_drifted": 0,
+                         "share": 0.0, "drifted": False, "computed_at": end}], FEATURE_SCHEMA.empty_table())
+    log = _log(store, retention_days=30)  # its retention pass at start deletes all five rows
+    deadline = time.monotonic() + 10
+    while store.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log.close()
+
+    assert store.next_seq() == last + 1
+    store.recent = RecentPredictions(store.next_seq())  # as a process that starts now
+    log = _log(store)
+    _one(log, "new", A, *_request(rng, 1))
+    assert log.flush()
+    log.close()
+    _, last_seq, _ = store.last_window("dep", 1)
+    assert last_seq == last
+    assert store.window_rows("dep", 1, last_seq, 10).column("seq").to_pylist() == [last + 1]  # the monitor's next read finds it
+
+
 def test_results_retention_keeps_the_newest_window_and_evaluation_of_each_version(store: EventStore):
     """Old drift windows, their feature rows and old evaluations go; each version's newest window and evaluation stay."""
     from datetime import UTC, datetime, timedelta
