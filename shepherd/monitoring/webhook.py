@@ -121,7 +121,10 @@ class WebhookSender:
                     self.log.exception("alert_webhook_failed", url=redact(job.url), alert_id=job.alert_id)
 
     def deliver(self, client: httpx.Client, job: WebhookJob) -> bool:
-        """POST `job` until it succeeds, fails permanently, or runs out of retries; True on a 2xx/3xx."""
+        """POST `job` until it succeeds, fails permanently, or runs out of retries; True on a 2xx.
+
+        A redirect is a permanent failure, not a delivery: the alert never reached a receiver, and following it
+        would send the alert's body (and its headers) wherever the redirect points. The log names the target."""
         url = redact(job.url)
         attempt = 0
         while True:
@@ -132,9 +135,12 @@ class WebhookSender:
             try:
                 resp = client.post(job.url, content=job.body, headers=job.headers, timeout=job.timeout_s)
                 status = resp.status_code
-                if status < 400:
+                if 200 <= status < 300:
                     self.log.debug("alert_webhook_sent", url=url, alert_id=job.alert_id, status=status, attempts=attempt)
                     return True
+                if 300 <= status < 400:
+                    error = (f"redirected to {redact(resp.headers.get('location', '(no Location)'))}: redirects are not followed; "
+                             "set webhook_url to the address the receiver takes POSTs at")
                 retryable = status == 429 or status >= 500
                 hint = _retry_after(resp) if retryable else None
             except httpx.TransportError as err:  # connection refused, DNS, timeouts, protocol errors

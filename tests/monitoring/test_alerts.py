@@ -216,6 +216,8 @@ class Receiver:
                 receiver.posts.append((dict(self.headers), body))
                 status = receiver.statuses[min(len(receiver.posts), len(receiver.statuses)) - 1]
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "https://elsewhere.example/hook")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -284,6 +286,21 @@ def test_webhook_4xx_is_not_retried(mgr, receiver):
     assert len(r.posts) == 1
     [failed] = [e for e in logs if e["event"] == "alert_webhook_failed"]
     assert (failed["status"], failed["attempts"], failed["retryable"]) == (400, 1, False)
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_webhook_redirect_is_a_failure_not_a_delivery(mgr, receiver, status):
+    """A webhook that answers with a redirect did not take the alert: one POST, not followed, and `alert_webhook_failed`
+    naming where it points (a 3xx is not a delivery)."""
+    r = receiver([status])
+    with capture_logs() as logs:
+        mgr.raise_alert("d", "drift", "emergency", "m", {}, sinks=hook(r.url))
+        mgr.close(timeout_s=5)
+    assert len(r.posts) == 1
+    [failed] = [e for e in logs if e["event"] == "alert_webhook_failed"]
+    assert (failed["status"], failed["attempts"], failed["retryable"]) == (status, 1, False)
+    assert "https://elsewhere.example/hook" in failed["error"]
+    assert not [e for e in logs if e["event"] == "alert_webhook_sent"]
 
 
 def test_webhook_429_is_retried(mgr, receiver):
