@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import msgspec
 
@@ -112,7 +111,7 @@ def ingest(
     if task_of is not None:
         _check_classes(served, latest, task_of, single)
     store = [k for k in keys if k in served]
-    replaced = events.upsert_feedback(store, [latest[k][1].label for k in store], datetime.now(UTC))
+    replaced = events.upsert_feedback(store, [latest[k][1].label for k in store])
     return FeedbackResult(accepted=len(store), replaced=replaced, unknown=[latest[k][1] for k in keys if k not in served])
 
 

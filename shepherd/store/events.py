@@ -24,7 +24,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,8 @@ class EventStore:
         # labels while its first send is in flight, or a reference built by a request while the
         # monitor builds it, would get an error; in turn, each write sees the one before it.
         self._keyed_writes = threading.Lock()
+        # The newest received_at stamped: each write of labels gets a later one (see upsert_feedback).
+        (self._last_received,) = self.con.execute("SELECT max(received_at) FROM feedback").fetchone()
         self.recent = RecentPredictions(self.next_seq())
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -433,23 +435,31 @@ class EventStore:
             out.setdefault((request_id, int(row)), set()).add((deployment, model, int(version)))
         return out
 
-    def upsert_feedback(self, keys: Sequence[tuple[str, int]], labels: Sequence[float], received_at: datetime) -> int:
-        """Store labels; a key already labelled is replaced (the newest label wins). Returns how many replaced an earlier label."""
+    def upsert_feedback(self, keys: Sequence[tuple[str, int]], labels: Sequence[float]) -> int:
+        """Store labels; a key already labelled is replaced (the newest label wins). Returns how many replaced an earlier label.
+
+        received_at is stamped here, under the lock that puts the writes in turn, and each write's is later than the one
+        before (by a microsecond when the clock has not moved or went back). The error stream reads labels whose
+        received_at is after the newest it read; a write stamped before another but committed after it would sit behind
+        that mark, unread."""
         if not keys:
             return 0
         cur = self.cursor()
         incoming = pa.table({
-            "request_id": [k[0] for k in keys], "row": pa.array([k[1] for k in keys], pa.int32()),
-            "label": pa.array(labels, pa.float64()), "received_at": pa.array([received_at] * len(keys), pa.timestamp("us", tz="UTC")),
+            "request_id": [k[0] for k in keys], "row": pa.array([k[1] for k in keys], pa.int32()), "label": pa.array(labels, pa.float64()),
         })
         cur.register("fb_in", incoming)
         try:
             with self._keyed_writes:
+                now = datetime.now(UTC)
+                if self._last_received is not None and now <= self._last_received:
+                    now = self._last_received + timedelta(microseconds=1)
                 with _transaction(cur):
                     (replaced,) = cur.execute(
                         "SELECT count(*) FROM feedback f JOIN fb_in i ON f.request_id = i.request_id AND f.\"row\" = i.\"row\""
                     ).fetchone()
-                    cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, received_at FROM fb_in")
+                    cur.execute("INSERT OR REPLACE INTO feedback SELECT request_id, \"row\", label, ? FROM fb_in", [now])
+                self._last_received = now
                 self.feedback_generation += 1
         finally:
             cur.unregister("fb_in")

@@ -503,18 +503,47 @@ def test_labels_sent_twice_at_once_are_both_taken(store: EventStore):
     """Two writes of the same new (request_id, row) at the same moment (a client resending while its
     first send is in flight): DuckDB's optimistic transactions would fail one of them; the store
     takes both, one after the other, so one inserts, the other replaces, and one of the labels stays."""
-    from datetime import UTC, datetime
-
     rounds, replaced = 40, [[0] * 40 for _ in range(2)]
 
     def send(k: int, i: int) -> None:
-        replaced[k][i] = store.upsert_feedback([(f"r{i}", 0)], [float(k)], datetime.now(UTC))
+        replaced[k][i] = store.upsert_feedback([(f"r{i}", 0)], [float(k)])
 
     assert at_once(send, 2, rounds) == []
     assert all(replaced[0][i] + replaced[1][i] == 1 for i in range(rounds))
     rows = dict(store.cursor().execute("SELECT request_id, label FROM feedback").fetchall())
     assert set(rows) == {f"r{i}" for i in range(rounds)} and set(rows.values()) <= {0.0, 1.0}
     assert store.feedback_generation == 2 * rounds
+
+
+def test_each_write_of_labels_is_stamped_after_the_one_before(store: EventStore, monkeypatch):
+    """received_at is stamped in the writes' turn and always moves on, even when the clock stands still or goes back, so
+    the error stream (labels received after the newest it read) misses none of them."""
+    from datetime import UTC, datetime, timedelta
+
+    from shepherd.store import events as events_mod
+
+    log = _log(store)
+    rng = np.random.default_rng(9)
+    for i in range(4):
+        _one(log, f"r{i}", A, *_request(rng, 1))
+    assert log.flush()
+    log.close()
+    clock = [datetime(2030, 1, 1, tzinfo=UTC)]
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return clock[0]
+
+    monkeypatch.setattr(events_mod, "datetime", Clock)
+    store.upsert_feedback([("r0", 0)], [1.0])
+    store.upsert_feedback([("r1", 0)], [1.0])  # the clock has not moved
+    clock[0] -= timedelta(seconds=5)  # and now goes back
+    store.upsert_feedback([("r2", 0), ("r3", 0)], [0.0, 1.0])
+    stamps = dict(store.cursor().execute("SELECT request_id, received_at FROM feedback").fetchall())
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    assert [stamps[f"r{i}"] for i in range(4)] == [t0, t0 + timedelta(microseconds=1), *[t0 + timedelta(microseconds=2)] * 2]
+    assert store.labelled_since("dep", 1, stamps["r0"]).column("seq").to_pylist() == [2, 3, 4]
 
 
 def test_a_failed_commit_reports_its_own_error(store: EventStore):
@@ -625,7 +654,7 @@ def test_retention_days_deletes_older_rows_and_their_labels_at_start(store: Even
         _one(log, f"r{i}", A, *_request(rng, 1))
     log.close()
     store.cursor().execute("UPDATE predictions SET ts = ts - INTERVAL 40 DAY WHERE request_id IN ('r0', 'r1', 'r2')")
-    store.upsert_feedback([("r1", 0), ("r4", 0)], [1.0, 0.0], datetime.now(UTC))
+    store.upsert_feedback([("r1", 0), ("r4", 0)], [1.0, 0.0])
     store.recent.reset()  # as a process that starts now
 
     log = _log(store, retention_days=30)
