@@ -88,6 +88,7 @@ class Appliance:
             config, self.events, self.references, self.version_info, lambda: list(self.deployments.deployments),
             self.alerts, self.metrics.registry, self.model_runner,
             durable_before=self.predlog.durable_before if self.predlog is not None else None,
+            slotted=self.deployments.slotted,
         )
         if self.predlog is not None:  # without logged predictions there are no drift windows to profile for
             self.deployments.on_loaded = self.monitor.version_loaded

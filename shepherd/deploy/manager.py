@@ -66,6 +66,12 @@ class DeploymentManager:
         # background (a candidate has it before it is promoted). It must not block or raise.
         self.on_loaded: Callable[[str, str, int, ModelRunner], None] | None = None
 
+    def slotted(self, name: str) -> set[tuple[str, int]]:
+        """The (model, version)s in deployment `name`'s slots (primary, previous, candidate); none when it does not exist.
+        Read from any thread: a swap replaces the SlotSet whole."""
+        dep = self.deployments.get(name)
+        return set() if dep is None else {(dep.model, s.version) for s in dep.slots if s is not None}
+
     # ------------------------------------------------------------------ loading
     def load_version(self, deployment: str, model: str, version: int) -> LoadedVersion:
         """Verify the blob, create the session, warm it and start its batcher (blocking; run in a thread)."""

@@ -130,6 +130,7 @@ class Monitor:
         self, config: Config, events: EventStore, references: References, version_info: VersionInfo,
         deployments: Callable[[], list[str]], alerts: Any, registry: CollectorRegistry,
         run_model: Callable[[str, int], ModelRunner | None], durable_before: Callable[[], int] | None = None,
+        slotted: Callable[[str], set[tuple[str, int]]] | None = None,
     ) -> None:
         self.config = config
         self.events = events
@@ -140,6 +141,8 @@ class Monitor:
         self.run_model = run_model
         # PredictionLog.durable_before: time windows close when every row of theirs is in DuckDB
         self.durable_before = durable_before
+        # The (model, version)s in a deployment's slots: a version in none gets no "no data" time windows (None: all do)
+        self.slotted = slotted
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, int], StreamState] = {}
@@ -440,6 +443,14 @@ class Monitor:
             if evaluated_count == MAX_WINDOWS_PER_TICK:
                 return True  # another window has closed: for the next pass
             table = self.events.window_by_time(deployment, version, start, end)
+            if not table.num_rows and self.slotted is not None and (model, version) not in self.slotted(deployment):
+                # A version no slot holds (retired, replaced) logs nothing: no "no data" windows for that time, which would
+                # go on for ever and crowd out the windows of the versions serving. Its windows go on from its next row.
+                later = self.events.first_ts(deployment, version, since=end)
+                if later is None:
+                    return False
+                last_end = EPOCH + length * math.floor((later - EPOCH) / length)
+                continue
             window_id += 1
             x, y = list_matrix(table, "x"), list_matrix(table, "y")
             (results,) = self._drift_columns(model, version, ref, x, y, np.array([0, table.num_rows]))

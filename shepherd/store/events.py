@@ -405,9 +405,11 @@ class EventStore:
             "SELECT seq, x, y FROM predictions WHERE model = ? AND version = ? ORDER BY seq LIMIT ?", params=[model, version, limit]
         ).to_arrow_table()
 
-    def first_ts(self, deployment: str, version: int) -> datetime | None:
+    def first_ts(self, deployment: str, version: int, since: datetime | None = None) -> datetime | None:
+        """The time of a version's first logged row (at or after `since`), or None."""
         return self.cursor().execute(
-            "SELECT min(ts) FROM predictions WHERE deployment = ? AND version = ?", [deployment, version]
+            "SELECT min(ts) FROM predictions WHERE deployment = ? AND version = ? AND ts >= coalesce(?, TIMESTAMPTZ '-infinity')",
+            [deployment, version, since],
         ).fetchone()[0]
 
     def versions_logged(self, deployment: str) -> list[tuple[str, int]]:
@@ -558,7 +560,7 @@ class EventStore:
     def windows(self, deployment: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict[str, Any]]:
         where, params = _range("end_ts", deployment, start, end)
         cur = self.cursor()
-        cur.execute(f"SELECT * FROM drift_windows WHERE {where} ORDER BY end_ts DESC, version LIMIT ?", [*params, limit])
+        cur.execute(f"SELECT * FROM drift_windows WHERE {where} ORDER BY end_ts DESC, version, window_id DESC LIMIT ?", [*params, limit])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 

@@ -839,6 +839,30 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     assert all(not f["has_data"] and f["psi"] is None for f in hist[2]["features"]), "no data, never NaN"
 
 
+def test_a_version_no_slot_holds_gets_no_empty_time_windows(appl: Appliance, policies: Path, monkeypatch):
+    """Empty time windows ("no data") are for the versions in a deployment's slots. A version in none (retired) gets
+    windows for the time it logged rows only: none for the gap between its rows, none after its last, for ever."""
+    from datetime import UTC, datetime, timedelta
+
+    assert appl.deployments.slotted("iris") == {("iris", 1)} and appl.deployments.slotted("nope") == set()
+    (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 60\n")
+    serve(appl, [reference_like(50, seed=4)])
+    appl.predlog.flush()
+    appl.events.cursor().execute("UPDATE predictions SET ts = ts - INTERVAL 10 MINUTE")  # logged ten minutes ago
+    serve(appl, [reference_like(50, seed=5)])
+    appl.predlog.flush()
+    later = datetime.now(UTC) + timedelta(minutes=30)
+    monkeypatch.setattr(appl.monitor, "durable_before", lambda: int(later.timestamp() * 1e6))
+    monkeypatch.setattr(appl.monitor, "slotted", lambda deployment: set())  # as after an undeploy
+    appl.monitor.tick(now=later)
+    hist = appl.monitor.drift_history("iris", None, None, 100)
+    assert sum(w["n_rows"] for w in hist) == 100 and 2 <= len(hist) <= 4
+    assert all(w["n_rows"] for w in hist), [(w["start_ts"], w["n_rows"]) for w in hist]
+    assert sorted(w["window_id"] for w in hist) == list(range(1, len(hist) + 1))
+    appl.monitor.tick(now=later + timedelta(hours=1))
+    assert len(appl.monitor.drift_history("iris", None, None, 100)) == len(hist)
+
+
 def test_a_time_window_waits_for_its_rows_still_on_the_way_to_duckdb(appl: Appliance, policies: Path, monkeypatch):
     """A time window closes when every row of it is in DuckDB, not a fixed flush interval after its end: while a
     flush is stuck (its INSERT blocked here), the window waits rather than being judged on the rows that made it;
