@@ -145,7 +145,7 @@ class Monitor:
         self.slotted = slotted
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
-        self._streams: dict[tuple[str, int], StreamState] = {}
+        self._streams: dict[tuple[str, str, int], StreamState] = {}
         # (deployment, model, version) -> EventStore.feedback_generation when its evaluation and streams last ran through
         self._feedback_seen: dict[tuple[str, str, int], int] = {}
         # The error streams read labels received from now on: the detectors' state starts fresh in each
@@ -394,12 +394,12 @@ class Monitor:
         if ref is None:
             return False
         dp = policy.drift
-        window_id, last_seq, last_end = self.events.last_window(deployment, version)
+        window_id, last_seq, last_end = self.events.last_window(deployment, model, version)
         if dp.window_rows:
             # every complete window waiting (up to the limit): one query, and one transaction to store them all;
             # one window's rows beyond the limit tell whether another complete one is waiting
             limit = dp.window_rows * MAX_WINDOWS_PER_TICK
-            table = self.events.window_rows(deployment, version, last_seq, limit + dp.window_rows)
+            table = self.events.window_rows(deployment, model, version, last_seq, limit + dp.window_rows)
             more = table.num_rows == limit + dp.window_rows
             complete = min(table.num_rows // dp.window_rows, MAX_WINDOWS_PER_TICK)
             # x and y of all the windows converted at once, and each kernel run once over all of
@@ -428,7 +428,7 @@ class Monitor:
         evaluated_count = 0
         while True:
             if last_end is None:
-                first = self.events.first_ts(deployment, version)
+                first = self.events.first_ts(deployment, model, version)
                 if first is None:
                     return False
                 start = EPOCH + length * math.floor((first - EPOCH) / length)
@@ -442,11 +442,11 @@ class Monitor:
                 return False  # not over yet, or rows of it are still on their way to DuckDB (a slow or failing flush)
             if evaluated_count == MAX_WINDOWS_PER_TICK:
                 return True  # another window has closed: for the next pass
-            table = self.events.window_by_time(deployment, version, start, end)
+            table = self.events.window_by_time(deployment, model, version, start, end)
             if not table.num_rows and self.slotted is not None and (model, version) not in self.slotted(deployment):
                 # A version no slot holds (retired, replaced) logs nothing: no "no data" windows for that time, which would
                 # go on for ever and crowd out the windows of the versions serving. Its windows go on from its next row.
-                later = self.events.first_ts(deployment, version, since=end)
+                later = self.events.first_ts(deployment, model, version, since=end)
                 if later is None:
                     return False
                 last_end = EPOCH + length * math.floor((later - EPOCH) / length)
@@ -535,7 +535,7 @@ class Monitor:
                 f"{deployment}: {model} v{version} drifted in window {window_id}: {window['n_drifted']} of "
                 f"{window['n_evaluated']} features ({window['share']:.0%} >= {policy.drift.drift_share:.0%})",
                 {"model": model, "version": version, "window_id": window_id, "features": features[:50], "share": window["share"]},
-                key=f"data_drift:{version}",
+                key=f"data_drift:{model}:{version}",
             )
 
     # -- performance ----------------------------------------------------------------------
@@ -543,7 +543,7 @@ class Monitor:
     def evaluate_performance(self, deployment: str, model: str, version: int, policy: Policy) -> dict[str, Any] | None:
         """Metrics over the latest labelled rows of a version (None when it has none)."""
         pp = policy.performance
-        table = self.events.labelled(deployment, version, pp.window_labels)
+        table = self.events.labelled(deployment, model, version, pp.window_labels)
         if table.num_rows == 0:
             return None
         t = targets(self.layout_of(model, version), pp)
@@ -588,7 +588,7 @@ class Monitor:
                 f"{result['baseline']:.4f} over {result['n_labels']} labelled requests",
                 {"model": model, "version": version, "metric": name, "baseline": result["baseline"], "current": result["current"],
                  "drop": drop, "n_labels": result["n_labels"]},
-                key=f"performance_drop:{version}",
+                key=f"performance_drop:{model}:{version}",
             )
 
     # -- streaming detectors --------------------------------------------------------------
@@ -596,14 +596,14 @@ class Monitor:
     def _streams_step(self, deployment: str, model: str, version: int, policy: Policy, new_feedback: bool) -> None:
         layout = self.layout_of(model, version)
         t = targets(layout, policy.performance)
-        key = (deployment, version)
+        key = (deployment, model, version)
         state = self._streams.get(key)
         if state is None:
             state = self._streams[key] = StreamState(t.task == "classification")
-            state.score_seq = self.events.last_window(deployment, version)[1]  # start from the present, not the whole history
+            state.score_seq = self.events.last_window(deployment, model, version)[1]  # start from the present, not the whole history
             state.error_received = self._labels_from
         labels = (deployment, model, str(version))
-        new = self.events.outputs_since(deployment, version, state.score_seq, 100_000)
+        new = self.events.outputs_since(deployment, model, version, state.score_seq, 100_000)
         if new.num_rows:
             state.score_seq = int(new.column("seq")[-1].as_py())
             y = list_matrix(new, "y")
@@ -620,11 +620,11 @@ class Monitor:
                 self._alert(
                     deployment, "score_stream_drift", "warning", policy,
                     f"{deployment}: {model} v{version}: the prediction score stream changed (ADWIN / Page-Hinkley)",
-                    {"model": model, "version": version, "detections": hits}, key=f"score_stream:{version}",
+                    {"model": model, "version": version, "detections": hits}, key=f"score_stream:{model}:{version}",
                 )
         if not new_feedback:
             return
-        labelled = self.events.labelled_since(deployment, version, state.error_received)
+        labelled = self.events.labelled_since(deployment, model, version, state.error_received)
         if labelled.num_rows and t.label_index is not None:
             state.error_received = labelled.column("received_at")[-1].as_py()
             pred = list_matrix(labelled, "y")[:, t.label_index]
@@ -636,7 +636,7 @@ class Monitor:
                 self._alert(
                     deployment, "error_stream_drift", "warning", policy,
                     f"{deployment}: {model} v{version}: the error rate changed ({type(state.error).__name__})",
-                    {"model": model, "version": version, "detections": hits}, key=f"error_stream:{version}",
+                    {"model": model, "version": version, "detections": hits}, key=f"error_stream:{model}:{version}",
                 )
 
     # -- queries for the API and CLI -------------------------------------------------------
@@ -660,7 +660,7 @@ class Monitor:
     def window_performance(self, deployment: str, windows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
         """{(version, window_id): {"task", "n_labels", "metrics"}} for the windows with labelled rows, computed when asked
         (labels that arrive late count). Leaves out a window whose version's targets cannot be told (targets_of)."""
-        spans = [(w["version"], w["window_id"], w["first_seq"], w["last_seq"]) for w in windows if w["n_rows"]]
+        spans = [(w["model"], w["version"], w["window_id"], w["first_seq"], w["last_seq"]) for w in windows if w["n_rows"]]
         if not spans:
             return {}
         table = self.events.window_labelled(deployment, spans)
@@ -670,13 +670,14 @@ class Monitor:
         versions = table.column("version").to_numpy()
         ids = table.column("window_id").to_numpy()
         starts = np.flatnonzero(np.r_[True, (versions[1:] != versions[:-1]) | (ids[1:] != ids[:-1])])
-        found: dict[int, Targets | None] = {}  # by version: one policy and layout lookup each
+        found: dict[tuple[str, int], Targets | None] = {}  # by model and version: one policy and layout lookup each
         out = {}
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(ids)]):
             key = (int(versions[a]), int(ids[a]))
-            if key[0] not in found:
-                found[key[0]] = self.targets_of(deployment, models[key], key[0])
-            t = found[key[0]]
+            mv = (models[key], key[0])
+            if mv not in found:
+                found[mv] = self.targets_of(deployment, *mv)
+            t = found[mv]
             if t is None:
                 continue
             rows = table.slice(a, b - a)  # one window: one version, so one width of y

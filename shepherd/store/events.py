@@ -117,7 +117,7 @@ RECENT_SCHEMA = pa.schema([("seq", pa.int64()), ("ts", pa.timestamp("us", tz="UT
 
 
 class RecentPredictions:
-    """The newest appended rows of each (deployment, version), kept after their INSERT.
+    """The newest appended rows of each (deployment, model, version), kept after their INSERT.
 
     The monitor reads every logged row once, a few seconds after the flusher wrote it: the rows
     of complete windows, and the outputs for the score stream. Read back from DuckDB that is a
@@ -125,7 +125,7 @@ class RecentPredictions:
     flusher had the same rows as Arrow a moment before. So `add` keeps them, zero-copy where a
     flush holds one version, and `rows` answers from them when it can prove the answer complete:
 
-    - every row of (deployment, version) with seq >= floor is here, in seq order. The floor starts
+    - every row of (deployment, model, version) with seq >= floor is here, in seq order. The floor starts
       at the first seq this process could append (rows before are in DuckDB only) and rises past
       each chunk evicted for RECENT_BYTES;
     - so a request for the rows after `after_seq` is complete here when after_seq + 1 >= floor;
@@ -144,9 +144,9 @@ class RecentPredictions:
     def __init__(self, next_seq: int, max_bytes: int = RECENT_BYTES) -> None:
         self._lock = threading.Lock()
         self._max_bytes = max_bytes
-        self._chunks: dict[tuple[str, int], deque[tuple[np.ndarray, pa.Table]]] = {}
-        self._order: deque[tuple[tuple[str, int], int, int]] = deque()  # (key, bytes, last seq), oldest first
-        self._floor: dict[tuple[str, int], int] = {}
+        self._chunks: dict[tuple[str, str, int], deque[tuple[np.ndarray, pa.Table]]] = {}
+        self._order: deque[tuple[tuple[str, str, int], int, int]] = deque()  # (key, bytes, last seq), oldest first
+        self._floor: dict[tuple[str, str, int], int] = {}
         self._base = next_seq  # the floor of a key not in _floor
         self._next = next_seq  # above every seq added so far
         self._bytes = 0
@@ -176,13 +176,14 @@ class RecentPredictions:
                 self._forget(int(seq[0]))
             self._next = int(seq[-1]) + 1
         parts = []
-        for d, v in sorted({(d, int(v)) for d, _, v in versions}):
-            mask = pc.and_(pc.equal(table.column("deployment"), d), pc.equal(table.column("version"), v))
+        for d, m, v in sorted({(d, m, int(v)) for d, m, v in versions}):
+            mask = pc.and_(pc.and_(pc.equal(table.column("deployment"), d), pc.equal(table.column("model"), m)),
+                           pc.equal(table.column("version"), v))
             if pc.all(mask).as_py():  # the usual flush: one version, kept as appended (no copy)
-                parts.append(((d, v), seq, table.select(RECENT_COLUMNS)))
+                parts.append(((d, m, v), seq, table.select(RECENT_COLUMNS)))
                 break
             # each version's rows apart (a copy); flushes of several versions are the rarer case
-            parts.append(((d, v), seq[np.asarray(mask, dtype=bool)], table.filter(mask).select(RECENT_COLUMNS)))
+            parts.append(((d, m, v), seq[np.asarray(mask, dtype=bool)], table.filter(mask).select(RECENT_COLUMNS)))
         with self._lock:
             if sum(len(s) for _, s, _ in parts) != len(seq):  # `versions` did not name every row's version
                 self._forget(self._next)
@@ -199,9 +200,9 @@ class RecentPredictions:
                 self._floor[key] = last + 1
                 self._bytes -= nbytes
 
-    def rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table | None:
+    def rows(self, deployment: str, model: str, version: int, after_seq: int, limit: int) -> pa.Table | None:
         """The first `limit` rows with seq > after_seq, in seq order; None when they may not all be here."""
-        key = (deployment, version)
+        key = (deployment, model, version)
         with self._lock:
             if after_seq + 1 < self._floor.get(key, self._base):
                 self.misses += 1
@@ -376,28 +377,28 @@ class EventStore:
         )
         return int(count)
 
-    def outputs_since(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
-        recent = self.recent.rows(deployment, version, after_seq, limit)
+    def outputs_since(self, deployment: str, model: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        recent = self.recent.rows(deployment, model, version, after_seq, limit)
         if recent is not None:
             return recent.select(["seq", "y"])
         return self.cursor().sql(
-            "SELECT seq, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
-            params=[deployment, version, after_seq, limit],
+            "SELECT seq, y FROM predictions WHERE deployment = ? AND model = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
+            params=[deployment, model, version, after_seq, limit],
         ).to_arrow_table()
 
-    def window_rows(self, deployment: str, version: int, after_seq: int, limit: int) -> pa.Table:
-        recent = self.recent.rows(deployment, version, after_seq, limit)
+    def window_rows(self, deployment: str, model: str, version: int, after_seq: int, limit: int) -> pa.Table:
+        recent = self.recent.rows(deployment, model, version, after_seq, limit)
         if recent is not None:
             return recent
         return self.cursor().sql(
-            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
-            params=[deployment, version, after_seq, limit],
+            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND model = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?",
+            params=[deployment, model, version, after_seq, limit],
         ).to_arrow_table()
 
-    def window_by_time(self, deployment: str, version: int, start: datetime, end: datetime) -> pa.Table:
+    def window_by_time(self, deployment: str, model: str, version: int, start: datetime, end: datetime) -> pa.Table:
         return self.cursor().sql(
-            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND version = ? AND ts >= ? AND ts < ? ORDER BY seq",
-            params=[deployment, version, start, end],
+            "SELECT seq, ts, x, y FROM predictions WHERE deployment = ? AND model = ? AND version = ? AND ts >= ? AND ts < ? ORDER BY seq",
+            params=[deployment, model, version, start, end],
         ).to_arrow_table()
 
     def first_rows(self, model: str, version: int, limit: int) -> pa.Table:
@@ -405,11 +406,12 @@ class EventStore:
             "SELECT seq, x, y FROM predictions WHERE model = ? AND version = ? ORDER BY seq LIMIT ?", params=[model, version, limit]
         ).to_arrow_table()
 
-    def first_ts(self, deployment: str, version: int, since: datetime | None = None) -> datetime | None:
+    def first_ts(self, deployment: str, model: str, version: int, since: datetime | None = None) -> datetime | None:
         """The time of a version's first logged row (at or after `since`), or None."""
         return self.cursor().execute(
-            "SELECT min(ts) FROM predictions WHERE deployment = ? AND version = ? AND ts >= coalesce(?, TIMESTAMPTZ '-infinity')",
-            [deployment, version, since],
+            "SELECT min(ts) FROM predictions WHERE deployment = ? AND model = ? AND version = ? "
+            "AND ts >= coalesce(?, TIMESTAMPTZ '-infinity')",
+            [deployment, model, version, since],
         ).fetchone()[0]
 
     def versions_logged(self, deployment: str) -> list[tuple[str, int]]:
@@ -467,41 +469,42 @@ class EventStore:
             cur.unregister("fb_in")
         return int(replaced)
 
-    def labelled(self, deployment: str, version: int, limit: int) -> pa.Table:
+    def labelled(self, deployment: str, model: str, version: int, limit: int) -> pa.Table:
         """The most recent `limit` labelled rows of a version: seq, y (outputs) and label, oldest first."""
         return self.cursor().sql(
             "SELECT * FROM (SELECT p.seq, p.y, f.label FROM predictions p JOIN feedback f "
-            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.version = ? "
+            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.model = ? AND p.version = ? "
             "ORDER BY p.seq DESC LIMIT ?) ORDER BY seq",
-            params=[deployment, version, limit],
+            params=[deployment, model, version, limit],
         ).to_arrow_table()
 
-    def window_labelled(self, deployment: str, windows: Sequence[tuple[int, int, int, int]]) -> pa.Table:
-        """The labelled rows of drift windows given as (version, window_id, first_seq, last_seq): version, window_id,
+    def window_labelled(self, deployment: str, windows: Sequence[tuple[str, int, int, int, int]]) -> pa.Table:
+        """The labelled rows of drift windows given as (model, version, window_id, first_seq, last_seq): version, window_id,
         y and label, in window and seq order. A window's rows are its version's rows with seq in [first_seq, last_seq]: a
         count window's by definition, and a time window's too, because within a version seq follows ts (predlog's "Order")."""
         cur = self.cursor()
         cur.register("shepherd_windows_in", pa.table({
-            "version": pa.array([w[0] for w in windows], pa.int32()), "window_id": pa.array([w[1] for w in windows], pa.int64()),
-            "first_seq": pa.array([w[2] for w in windows], pa.int64()), "last_seq": pa.array([w[3] for w in windows], pa.int64()),
+            "model": pa.array([w[0] for w in windows], pa.string()), "version": pa.array([w[1] for w in windows], pa.int32()),
+            "window_id": pa.array([w[2] for w in windows], pa.int64()),
+            "first_seq": pa.array([w[3] for w in windows], pa.int64()), "last_seq": pa.array([w[4] for w in windows], pa.int64()),
         }))
         try:
             return cur.sql(
                 "SELECT w.version, w.window_id, p.y, f.label FROM shepherd_windows_in w JOIN predictions p "
-                "ON p.deployment = ? AND p.version = w.version AND p.seq BETWEEN w.first_seq AND w.last_seq "
+                "ON p.deployment = ? AND p.model = w.model AND p.version = w.version AND p.seq BETWEEN w.first_seq AND w.last_seq "
                 "JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" ORDER BY w.version, w.window_id, p.seq",
                 params=[deployment],
             ).to_arrow_table()
         finally:
             cur.unregister("shepherd_windows_in")
 
-    def labelled_since(self, deployment: str, version: int, after_received: datetime | None) -> pa.Table:
+    def labelled_since(self, deployment: str, model: str, version: int, after_received: datetime | None) -> pa.Table:
         """Labelled rows whose label arrived after `after_received`, in arrival order (the error stream)."""
         return self.cursor().sql(
             "SELECT p.seq, p.y, f.label, f.received_at FROM predictions p JOIN feedback f "
-            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.version = ? "
+            "ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE p.deployment = ? AND p.model = ? AND p.version = ? "
             "AND f.received_at > coalesce(?, TIMESTAMPTZ '1970-01-01') ORDER BY f.received_at, p.seq",
-            params=[deployment, version, after_received],
+            params=[deployment, model, version, after_received],
         ).to_arrow_table()
 
     # -- reference profiles ---------------------------------------------------------------
@@ -525,13 +528,20 @@ class EventStore:
 
     # -- drift and performance results ----------------------------------------------------
 
-    def last_window(self, deployment: str, version: int) -> tuple[int, int, datetime | None]:
-        """(last window id, its last seq, its end) for a version, or (0, 0, None) before the first."""
+    def last_window(self, deployment: str, model: str, version: int) -> tuple[int, int, datetime | None]:
+        """(the last window id of the deployment's version `version`, whatever its model; the last seq and end of the
+        model's last window), or 0, 0 and None where there is none.
+
+        A deployment's name may serve another model after an undeploy, whose versions count from 1 again: window ids
+        go on from the other model's (drift_windows' key is deployment, version and window id), and each model's
+        windows resume after its own rows."""
         row = self.cursor().execute(
-            "SELECT window_id, last_seq, end_ts FROM drift_windows WHERE deployment = ? AND version = ? ORDER BY window_id DESC LIMIT 1",
-            [deployment, version],
+            "SELECT (SELECT coalesce(max(window_id), 0) FROM drift_windows WHERE deployment = $1 AND version = $3), "
+            "(SELECT last_seq FROM drift_windows WHERE deployment = $1 AND model = $2 AND version = $3 ORDER BY window_id DESC LIMIT 1), "
+            "(SELECT end_ts FROM drift_windows WHERE deployment = $1 AND model = $2 AND version = $3 ORDER BY window_id DESC LIMIT 1)",
+            [deployment, model, version],
         ).fetchone()
-        return (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
+        return int(row[0]), int(row[1] or 0), row[2]
 
     def save_windows(self, windows: list[dict[str, Any]], features: pa.Table) -> None:
         """Store windows (drift_windows rows) and their per-feature rows, all in one transaction."""

@@ -395,6 +395,47 @@ def test_feedback_joins_late_labels_reports_unknown_and_newest_wins(appl: Applia
 
 
 
+def test_a_deployment_name_reused_for_another_model_keeps_each_models_windows_apart(appl: Appliance, policies: Path, make_bundle):
+    """After an undeploy the same name serves another model, whose versions count from 1 again. Each model's windows
+    hold its own rows only, judged by its own reference and columns; window ids go on; labels and streams keep apart."""
+    import json
+
+    from shepherd.monitoring import feedback as fb
+
+    (policies / "svc.toml").write_text("[drift]\nwindow_rows = 100\n")
+    appl.importer.import_file(make_bundle(name="tiny", reference=True), actor="t")
+
+    async def serve_as(model: str, bodies: list[bytes]) -> list[dict]:
+        await appl.deployments.deploy("svc", model, 1, actor="t")
+        await appl.deployments.promote("svc", actor="t")
+        return [json.loads((await inference.infer_for(appl, "svc", None, b, None)).body) for b in bodies]
+
+    rng = np.random.default_rng(3)
+    tiny = [json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": rng.random(3).tolist()}]}).encode()
+            for _ in range(200)]
+    asyncio.run(serve_as("tiny", tiny))
+    assert profiled(appl, "tiny", 1)
+    appl.predlog.flush()
+    appl.monitor.tick()
+    asyncio.run(appl.deployments.undeploy("svc", actor="t"))
+    answers = asyncio.run(serve_as("iris", [_body(reference_like(1, seed=i)) for i in range(300)]))
+    assert profiled(appl, "iris", 1)
+    fb.ingest(appl.events, appl.predlog, [fb.Label(a["id"], float(a["outputs"][0]["data"][0])) for a in answers[:60]])
+    appl.predlog.flush()
+    appl.monitor.tick()
+
+    hist = sorted(appl.monitor.drift_history("svc", None, None, 20), key=lambda w: w["window_id"])
+    assert [(w["model"], w["window_id"], w["n_rows"]) for w in hist] == [
+        ("tiny", 1, 100), ("tiny", 2, 100), ("iris", 3, 100), ("iris", 4, 100), ("iris", 5, 100)]
+    names = {m: {frozenset(f["feature"] for f in w["features"]) for w in hist if w["model"] == m} for m in ("tiny", "iris")}
+    assert len(names["tiny"]) == len(names["iris"]) == 1 and names["tiny"] != names["iris"]
+    assert all(f["n"] == 100 for w in hist for f in w["features"])
+    assert not any(w["drifted"] for w in hist if w["model"] == "iris")  # iris rows from iris's reference, judged by it
+    assert [w["performance"] and w["performance"]["n_labels"] for w in hist] == [None, None, 60, None, None]
+    [evaluation] = appl.events.performance("svc", None, None, 10)
+    assert (evaluation["model"], evaluation["n_labels"]) == ("iris", 60)
+
+
 def test_a_failed_window_pass_does_not_cost_new_labels_their_evaluation(appl: Appliance, monkeypatch):
     """Labels arrive, and the pass that should evaluate them fails in its drift windows: the evaluation still runs in
     that pass, and when it is the evaluation that fails, the next pass runs it (the feedback is not marked seen)."""
@@ -824,7 +865,7 @@ def test_time_windows_are_epoch_aligned_and_an_empty_one_has_no_data(appl: Appli
     (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 60\n")
     serve(appl, [reference_like(50, seed=4)])
     appl.predlog.flush()
-    first = appl.events.first_ts("iris", 1)
+    first = appl.events.first_ts("iris", "iris", 1)
     end = first.replace(second=0, microsecond=0) + timedelta(seconds=60)  # the first window's end
     # the passes below run at made-up times: the log, as it would be then, holds every row logged before them
     monkeypatch.setattr(appl.monitor, "durable_before", lambda: int((end + timedelta(seconds=125)).timestamp() * 1e6))
@@ -930,7 +971,7 @@ def test_a_pass_takes_a_bounded_number_of_time_windows_and_says_when_more_have_c
     (policies / "iris.toml").write_text("[drift]\nwindow_rows = 0\nwindow_seconds = 60\n")
     serve(appl, [reference_like(50, seed=4)])
     appl.predlog.flush()
-    first = appl.events.first_ts("iris", 1)
+    first = appl.events.first_ts("iris", "iris", 1)
     now = first.replace(second=0, microsecond=0) + timedelta(seconds=5 * 60 + 30)  # five windows closed, the sixth open
     monkeypatch.setattr(appl.monitor, "durable_before", lambda: int(now.timestamp() * 1e6))  # the log as it would be then
     seen = [(appl.monitor.tick(now=now), len(appl.monitor.drift_history("iris", None, None, 100))) for _ in range(4)]

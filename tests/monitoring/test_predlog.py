@@ -264,9 +264,9 @@ def test_seq_never_starts_again_after_retention_deleted_every_row(store: EventSt
     _one(log, "new", A, *_request(rng, 1))
     assert log.flush()
     log.close()
-    _, last_seq, _ = store.last_window("dep", 1)
+    _, last_seq, _ = store.last_window("dep", "m", 1)
     assert last_seq == last
-    assert store.window_rows("dep", 1, last_seq, 10).column("seq").to_pylist() == [last + 1]  # the monitor's next read finds it
+    assert store.window_rows("dep", "m", 1, last_seq, 10).column("seq").to_pylist() == [last + 1]  # the monitor's next read finds it
 
 
 def test_results_retention_keeps_the_newest_window_and_evaluation_of_each_version(store: EventStore):
@@ -335,8 +335,8 @@ def _check_reads(store: EventStore, after: list[int], limits=(1, 3, 7, 1000)) ->
         for after_seq in after:
             for limit in limits:
                 want = _sql_rows(store, dep, version, after_seq, limit)
-                assert _same_rows(_as_rows(store.window_rows(dep, version, after_seq, limit)), want), (labels, after_seq, limit)
-                got = store.outputs_since(dep, version, after_seq, limit)
+                assert _same_rows(_as_rows(store.window_rows(dep, labels[1], version, after_seq, limit)), want), (labels, after_seq, limit)
+                got = store.outputs_since(dep, labels[1], version, after_seq, limit)
                 assert got.column_names == ["seq", "y"]
                 assert [(s, list(y)) for s, y in zip(*got.to_pydict().values())] == [(w[0], list(w[3])) for w in want]
 
@@ -395,7 +395,7 @@ def _appended(seqs: list[int], versions: list[int] | None = None) -> pa.Table:
     """An appended table as RecentPredictions sees it: deployment "d", each row's version (1 unless given)."""
     n = len(seqs)
     return pa.table({"seq": pa.array(seqs, pa.int64()), "ts": pa.array(np.zeros(n, np.int64), pa.timestamp("us", tz="UTC")),
-                     "deployment": ["d"] * n, "version": pa.array(versions or [1] * n, pa.int32()),
+                     "deployment": ["d"] * n, "model": ["m"] * n, "version": pa.array(versions or [1] * n, pa.int32()),
                      "x": pa.array([[float(s)] for s in seqs]), "y": pa.array([[0.0] for _ in seqs])})
 
 
@@ -403,13 +403,13 @@ def test_an_append_whose_seq_goes_back_drops_every_row_kept():
     """Rows kept in memory are all rows above their floor only while seq increases; otherwise memory starts again."""
     recent = RecentPredictions(10)
     recent.add(_appended([10, 11, 12]), {("d", "m", 1)})
-    assert recent.rows("d", 1, 9, 10).column("seq").to_pylist() == [10, 11, 12]
-    assert recent.rows("d", 1, 8, 10) is None  # seq 9 and below: not this process's
+    assert recent.rows("d", "m", 1, 9, 10).column("seq").to_pylist() == [10, 11, 12]
+    assert recent.rows("d", "m", 1, 8, 10) is None  # seq 9 and below: not this process's
     recent.add(_appended([11, 13]), {("d", "m", 1)})  # goes back: memory cannot vouch for anything up to 13
-    assert recent.rows("d", 1, 9, 10) is None and recent.rows("d", 1, 12, 10) is None
-    assert recent.rows("d", 1, 13, 10).num_rows == 0  # above it: complete (nothing yet)
+    assert recent.rows("d", "m", 1, 9, 10) is None and recent.rows("d", "m", 1, 12, 10) is None
+    assert recent.rows("d", "m", 1, 13, 10).num_rows == 0  # above it: complete (nothing yet)
     recent.add(_appended([14, 16, 15]), {("d", "m", 1)})  # not increasing within the append
-    assert recent.rows("d", 1, 13, 10) is None and recent.rows("d", 1, 16, 10).num_rows == 0
+    assert recent.rows("d", "m", 1, 13, 10) is None and recent.rows("d", "m", 1, 16, 10).num_rows == 0
 
 
 def test_memory_never_answers_for_rows_it_may_not_hold():
@@ -418,14 +418,14 @@ def test_memory_never_answers_for_rows_it_may_not_hold():
     recent = RecentPredictions(10)
     recent.add(_appended([10, 11]), {("d", "m", 1)})
     recent.add(_appended([15, 16]), {("d", "m", 1)})  # 12-14 never came here
-    assert recent.rows("d", 1, 9, 10) is None and recent.rows("d", 1, 13, 10) is None
-    assert recent.rows("d", 1, 14, 10).column("seq").to_pylist() == [15, 16]  # from the gap on: complete
+    assert recent.rows("d", "m", 1, 9, 10) is None and recent.rows("d", "m", 1, 13, 10) is None
+    assert recent.rows("d", "m", 1, 14, 10).column("seq").to_pylist() == [15, 16]  # from the gap on: complete
     recent.add(_appended([17, 18, 19], [1, 2, 1]), {("d", "m", 1)})  # version 2's row 18 unnamed
-    assert recent.rows("d", 1, 14, 10) is None and recent.rows("d", 2, 17, 10) is None
-    assert recent.rows("d", 1, 19, 10).num_rows == 0  # after them: complete again
+    assert recent.rows("d", "m", 1, 14, 10) is None and recent.rows("d", "m", 2, 17, 10) is None
+    assert recent.rows("d", "m", 1, 19, 10).num_rows == 0  # after them: complete again
     recent.add(_appended([20, 21], [1, 2]), {("d", "m", 1), ("d", "m", 2)})  # both named: kept, apart
-    assert recent.rows("d", 1, 19, 10).column("seq").to_pylist() == [20]
-    assert recent.rows("d", 2, 19, 10).column("seq").to_pylist() == [21]
+    assert recent.rows("d", "m", 1, 19, 10).column("seq").to_pylist() == [20]
+    assert recent.rows("d", "m", 2, 19, 10).column("seq").to_pylist() == [21]
 
 
 def test_a_failure_to_keep_rows_in_memory_neither_fails_nor_repeats_the_flush(store: EventStore, monkeypatch):
@@ -543,7 +543,7 @@ def test_each_write_of_labels_is_stamped_after_the_one_before(store: EventStore,
     stamps = dict(store.cursor().execute("SELECT request_id, received_at FROM feedback").fetchall())
     t0 = datetime(2030, 1, 1, tzinfo=UTC)
     assert [stamps[f"r{i}"] for i in range(4)] == [t0, t0 + timedelta(microseconds=1), *[t0 + timedelta(microseconds=2)] * 2]
-    assert store.labelled_since("dep", 1, stamps["r0"]).column("seq").to_pylist() == [2, 3, 4]
+    assert store.labelled_since("dep", "m", 1, stamps["r0"]).column("seq").to_pylist() == [2, 3, 4]
 
 
 def test_a_failed_commit_reports_its_own_error(store: EventStore):
