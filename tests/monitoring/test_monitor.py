@@ -693,6 +693,7 @@ def test_reading_the_reference_of_a_version_not_loaded_stores_no_profile(client,
         ({"request_id": "", "label": 1}, "request_id"),
         ({"request_id": "a", "label": 1, "row": -1}, "row"),
         ({"request_id": "a", "label": 1, "labels": [{"request_id": "a", "label": 1}]}, "labels"),
+        ({"row": 2, "labels": [{"request_id": "a", "label": 1}]}, "row"),
     ],
 )
 def test_bad_feedback_names_the_field(client, body, field):
