@@ -355,26 +355,29 @@ class EventStore:
         metadata `shepherd.features` maps each "model:version" to its names ({"x": [...], "y": [...]})."""
         where, params = _range("p.ts", deployment, start, end)
         cur = self.cursor()
-        versions = cur.execute(f"SELECT DISTINCT p.model, p.version FROM predictions p WHERE {where} ORDER BY 1, 2", params).fetchall()
-        layouts = {(m, int(v)): names(m, int(v)) if names is not None else None for m, v in versions}
-        shapes = {(tuple(n[0]), tuple(n[1])) if n is not None else None for n in layouts.values()}
-        features = "p.x, p.y"
-        if len(shapes) == 1 and None not in shapes:
-            x_names, y_names = shapes.pop()
-            features = ", ".join(
-                [f"p.x[{i + 1}] AS {sql_ident('x.' + n)}" for i, n in enumerate(x_names)]
-                + [f"p.y[{i + 1}] AS {sql_ident('y.' + n)}" for i, n in enumerate(y_names)]
-            ) or "p.x, p.y"
-        query = (
-            f"SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, {features}, "
-            "f.label, f.received_at AS label_received_at FROM predictions p "
-            f"LEFT JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE {where} ORDER BY p.seq"
-        )
-        (count,) = cur.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
-        metadata = json.dumps({f"{m}:{v}": {"x": n[0], "y": n[1]} for (m, v), n in layouts.items() if n is not None})
-        cur.execute(
-            f"COPY ({query}) TO {sql_literal(str(dest))} (FORMAT parquet, KV_METADATA {{'shepherd.features': {sql_literal(metadata)}}})", params
-        )
+        # One transaction, so one snapshot: the versions (and so the columns and metadata) and the rows written agree
+        # however many rows are appended meanwhile.
+        with _transaction(cur):
+            versions = cur.execute(f"SELECT DISTINCT p.model, p.version FROM predictions p WHERE {where} ORDER BY 1, 2", params).fetchall()
+            layouts = {(m, int(v)): names(m, int(v)) if names is not None else None for m, v in versions}
+            shapes = {(tuple(n[0]), tuple(n[1])) if n is not None else None for n in layouts.values()}
+            features = "p.x, p.y"
+            if len(shapes) == 1 and None not in shapes:
+                x_names, y_names = shapes.pop()
+                features = ", ".join(
+                    [f"p.x[{i + 1}] AS {sql_ident('x.' + n)}" for i, n in enumerate(x_names)]
+                    + [f"p.y[{i + 1}] AS {sql_ident('y.' + n)}" for i, n in enumerate(y_names)]
+                ) or "p.x, p.y"
+            query = (
+                f"SELECT p.seq, p.request_id, p.\"row\", p.ts, p.deployment, p.model, p.version, p.slot, p.latency_us, {features}, "
+                "f.label, f.received_at AS label_received_at FROM predictions p "
+                f"LEFT JOIN feedback f ON f.request_id = p.request_id AND f.\"row\" = p.\"row\" WHERE {where} ORDER BY p.seq"
+            )
+            metadata = json.dumps({f"{m}:{v}": {"x": n[0], "y": n[1]} for (m, v), n in layouts.items() if n is not None})
+            (count,) = cur.execute(
+                f"COPY ({query}) TO {sql_literal(str(dest))} (FORMAT parquet, KV_METADATA {{'shepherd.features': {sql_literal(metadata)}}})",
+                params,
+            ).fetchone()
         return int(count)
 
     def outputs_since(self, deployment: str, model: str, version: int, after_seq: int, limit: int) -> pa.Table:

@@ -642,6 +642,32 @@ def test_an_export_names_its_columns_when_every_version_has_the_same_names(store
         assert meta == {f"m:{v}": {"x": n[0], "y": n[1]} for v, n in names.items()}
 
 
+def test_an_export_is_one_snapshot_while_rows_arrive(store: EventStore, tmp_path: Path):
+    """Rows of another version logged while an export runs (here: between its choice of columns and its COPY) are not in
+    the file: its columns, its metadata, the rows written and the count returned all come from one snapshot."""
+    log = _log(store)
+    rng = np.random.default_rng(10)
+    _flushes(log, rng, [[A, A]])
+    x = [f"a[{i}]" for i in range(6)] + ["b"]
+    named = []
+
+    def names(model: str, version: int):
+        if not named:  # rows of version 2 arrive mid-export, from another thread's flush
+            _flushes(log, rng, [[B, B, B]])
+        named.append(version)
+        return x, ["label", "scores[0]", "scores[1]"]
+
+    dest = tmp_path / "mid.parquet"
+    assert store.export_parquet(dest, "dep", None, None, names=names) == 3  # the first request has 2 rows
+    log.close()
+    assert named == [1]
+    versions = [v for (v,) in duckdb.sql(f"SELECT version FROM read_parquet('{dest}')").fetchall()]
+    assert versions == [1, 1, 1]
+    (meta,) = duckdb.sql(f"SELECT decode(value) FROM parquet_kv_metadata('{dest}')").fetchall()[0]
+    assert list(json.loads(meta)) == ["m:1"]
+    assert store.cursor().execute("SELECT count(*) FROM predictions").fetchone()[0] == 3 + 4
+
+
 def test_retention_days_deletes_older_rows_and_their_labels_at_start(store: EventStore):
     """retention_days: a log that starts deletes the rows older than that many days, and the labels of those rows
     (not the others'), without waiting for a minute or a flush."""
