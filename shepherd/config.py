@@ -164,7 +164,7 @@ class DriftPolicy(Section, kw_only=True):
     window_rows: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
     """Tumbling windows of this many logged rows per version (0: use window_seconds)."""
     window_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_WINDOW_SECONDS)] = 0.0
-    """Tumbling windows of this many seconds instead (used when window_rows is 0; 0 or 1 s to 366 days), epoch-aligned;
+    """Tumbling windows of this many seconds instead (used when window_rows is 0, then 1 s to 366 days), epoch-aligned;
     one closes once every row logged before its end is in DuckDB."""
     psi_threshold: Annotated[float, msgspec.Meta(gt=0)] = 0.2
     """A numeric feature drifts when its PSI exceeds this..."""
@@ -182,8 +182,8 @@ class DriftPolicy(Section, kw_only=True):
     def __post_init__(self) -> None:
         if self.window_rows == 0 and self.window_seconds <= 0:
             raise ValueError("set window_rows (> 0) or window_seconds (> 0)")
-        if 0 < self.window_seconds < 1:  # a window shorter than a flush, or than a microsecond (0: a pass that divides by it)
-            raise ValueError(f"window_seconds = {self.window_seconds}: 0 (no time windows) or at least 1 second")
+        if self.window_rows == 0 and self.window_seconds < 1:  # under a microsecond it became 0: every pass divided by it
+            raise ValueError(f"window_seconds = {self.window_seconds}: time windows (window_rows = 0) are at least 1 second")
 
 
 class PerformancePolicy(Section, kw_only=True):

@@ -71,7 +71,7 @@ def test_example_policy_documents_every_setting_with_the_real_defaults(tmp_path)
     [
         ("[drift]\nwindow_rows = 0\n", "drift = {'window_rows': 0}: set window_rows"),
         ("[drift]\npsi_threshold = -1\n", "drift.psi_threshold = -1"),
-        ("[drift]\nwindow_rows = 0\nwindow_seconds = 1e-7\n", "window_seconds = 1e-07: 0 (no time windows) or at least 1 second"),
+        ("[drift]\nwindow_rows = 0\nwindow_seconds = 1e-7\n", "window_seconds = 1e-07: time windows (window_rows = 0) are at least 1 second"),
         ("[drift]\nwindow_rows = 0\nwindow_seconds = 1e12\n", "drift.window_seconds = 1000000000000.0"),
         ("[performance]\ncritical_drop = 0.2\nemergency_drop = 0.1\n", "emergency_drop must be larger"),
         ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url = 'ftp://x'"),

@@ -48,7 +48,7 @@ class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     request_id: str | None = None
     label: float | None = None
-    row: int | None = None
+    row: int | msgspec.UnsetType = msgspec.UNSET
     """Row inside a multi-row request (0-based; 0 when left out). With `labels`, each label has its own."""
     labels: list[Label] | None = None
 
@@ -56,14 +56,14 @@ class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.labels is not None:
             if self.request_id is not None or self.label is not None:
                 raise InvalidInput("send either request_id + label or labels, not both", field="labels")
-            if self.row is not None:  # it would apply to none of them
+            if self.row is not msgspec.UNSET:  # it would apply to none of them
                 raise InvalidInput("row goes inside each of labels (labels[i].row), not beside them", field="row")
             return self.labels
         if self.request_id is None:
             raise InvalidInput("request_id is required (or send a batch in labels)", field="request_id")
         if self.label is None:
             raise InvalidInput("label is required", field="label")
-        return [Label(self.request_id, self.label, 0 if self.row is None else self.row)]
+        return [Label(self.request_id, self.label, 0 if self.row is msgspec.UNSET else self.row)]
 
 
 class FeedbackResult(msgspec.Struct, kw_only=True):

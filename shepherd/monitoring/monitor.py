@@ -1,5 +1,8 @@
 """The monitor: drift windows, ground-truth performance and streaming detectors, per deployment and version.
 
+A version is the model's (deployment, model, version): a deployment's name may serve another model after an
+undeploy, whose versions count from 1 again, and each model's rows, windows, labels and detectors stay apart.
+
 A daemon thread runs `tick()` every `monitoring.interval_s` (tests call it directly); the drift
 kernels themselves run on a thread of their own at `monitoring.kernel_priority` (`KernelThread`),
 once `start()` has made it. For every deployment and every version it has logged predictions
@@ -80,7 +83,7 @@ VersionInfo = Callable[[str, int], tuple[dict[str, Any], dict[str, float], dict[
 
 
 class StreamState:
-    """Detectors of one (deployment, version), and how far each stream has been read."""
+    """Detectors of one (deployment, model, version), and how far each stream has been read."""
 
     def __init__(self, classification: bool) -> None:
         self.score_adwin, self.score_ph = ADWIN(), PageHinkley()
@@ -146,8 +149,9 @@ class Monitor:
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, str, int], StreamState] = {}
-        # (deployment, model, version) -> EventStore.feedback_generation when its evaluation and streams last ran through
-        self._feedback_seen: dict[tuple[str, str, int], int] = {}
+        # (deployment, model, version) -> EventStore.feedback_generation when its evaluation, and its error stream, last ran through
+        self._evaluated: dict[tuple[str, str, int], int] = {}
+        self._streamed: dict[tuple[str, str, int], int] = {}
         # The error streams read labels received from now on: the detectors' state starts fresh in each
         # process, and replaying every stored label into them would raise an old incident again.
         self._labels_from = datetime.now(UTC)
@@ -372,17 +376,20 @@ class Monitor:
                         behind |= waiting
                     except Exception:
                         log.exception("monitor_windows_failed", deployment=deployment, model=model, version=version)
-                    # Apart from the windows: a failed window pass must not cost the labels that arrived their
-                    # evaluation. The feedback counts as seen for a version only once its evaluation and streams ran.
+                    # Apart from the windows, and from each other: a failed step must not cost the labels that arrived
+                    # the other steps. Feedback counts as seen by a step once it ran through (a failed one tries again).
                     key = (deployment, model, version)
-                    new_feedback = generation != self._feedback_seen.get(key)
-                    try:
-                        if new_feedback:
+                    if generation != self._evaluated.get(key):
+                        try:
                             self._performance(deployment, model, version, policy, now)
-                        self._streams_step(deployment, model, version, policy, new_feedback)
-                        self._feedback_seen[key] = generation
+                            self._evaluated[key] = generation
+                        except Exception:
+                            log.exception("monitor_performance_failed", deployment=deployment, model=model, version=version)
+                    try:
+                        self._streams_step(deployment, model, version, policy, generation != self._streamed.get(key))
+                        self._streamed[key] = generation
                     except Exception:
-                        log.exception("monitor_performance_failed", deployment=deployment, model=model, version=version)
+                        log.exception("monitor_streams_failed", deployment=deployment, model=model, version=version)
             self.g_pass.set(time.perf_counter() - started)
         return behind
 

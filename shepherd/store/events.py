@@ -312,14 +312,15 @@ class EventStore:
     def apply_results_retention(self, older_than: datetime) -> int:
         """Delete drift windows (and their feature rows) and performance evaluations older than `older_than`.
 
-        The newest drift window and evaluation of each (deployment, version) stay, however old: the
-        monitor resumes from the newest window (its last_seq and window_id), and the API shows the
-        latest evaluation. Returns the windows and evaluations deleted.
+        The newest drift window and evaluation of each (deployment, model, version) stay, however old: the
+        monitor resumes from the model's newest window (its last_seq; window ids go on from the newest of the
+        deployment's version, kept with it), and the API shows the latest evaluation. Returns the windows and
+        evaluations deleted.
         """
         with _transaction(self.cursor()) as cur:
             gone = cur.execute(
                 "DELETE FROM drift_windows w WHERE end_ts < ? AND window_id < "
-                "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.version = w.version) "
+                "(SELECT max(window_id) FROM drift_windows x WHERE x.deployment = w.deployment AND x.model = w.model AND x.version = w.version) "
                 "RETURNING deployment, version, window_id",
                 [older_than],
             ).fetchall()
@@ -338,7 +339,7 @@ class EventStore:
                     cur.unregister("gone")
             (evaluations,) = cur.execute(
                 "DELETE FROM performance p WHERE computed_at < ? AND computed_at < "
-                "(SELECT max(computed_at) FROM performance x WHERE x.deployment = p.deployment AND x.version = p.version)",
+                "(SELECT max(computed_at) FROM performance x WHERE x.deployment = p.deployment AND x.model = p.model AND x.version = p.version)",
                 [older_than],
             ).fetchone()
         return int(windows) + int(evaluations)

@@ -260,4 +260,16 @@ MIGRATIONS: list[str] = [
     DROP TABLE run_metrics;
     ALTER TABLE run_metrics_v5 RENAME TO run_metrics;
     """,
+    # 6: the monitor's alerts about one version name its model in their dedup key (data_drift:iris:1, no longer
+    # data_drift:1; a deployment's name may serve another model after an undeploy, whose versions count from 1
+    # again). Open incidents take the new key, so that their next occurrence is folded in, not raised again.
+    """
+    UPDATE alerts
+    SET dedup_key = substr(dedup_key, 1, instr(dedup_key, ':')) || json_extract(details, '$.model')
+                    || substr(dedup_key, instr(dedup_key, ':'))
+    WHERE closed_at IS NULL
+      AND kind IN ('data_drift', 'performance_drop', 'score_stream_drift', 'error_stream_drift')
+      AND json_valid(details) AND json_type(details, '$.model') = 'text'
+      AND dedup_key GLOB '*:[0-9]*' AND substr(dedup_key, instr(dedup_key, ':') + 1) NOT GLOB '*[^0-9]*';
+    """,
 ]

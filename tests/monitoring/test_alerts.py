@@ -190,6 +190,32 @@ def test_ack_unknown_or_twice_is_an_error(mgr):
     assert mgr.get(a.id).acknowledged_by == "first"
 
 
+def test_open_version_alerts_take_the_model_scoped_key_on_upgrade(tmp_path, clock):
+    """A database from before keys named the model: its open data-drift incident takes the new key (migration 6), so
+    the monitor's next occurrence is folded into it, not raised as a second open alert. Closed ones and other keys stay."""
+    path = tmp_path / "old.sqlite"
+    old = Database(path, MIGRATIONS[:5], readers=1)
+    rows = [("data_drift", "data_drift:1", '{"model": "iris", "version": 1}', None),
+            ("error_stream_drift", "error_stream:12", '{"model": "m-2", "version": 12}', None),
+            ("data_drift", "data_drift:2", '{"model": "iris", "version": 2}', iso(T0 - 5)),
+            ("custom", "custom:1", '{"model": "iris"}', None)]
+    for kind, key, details, closed in rows:
+        old.write(lambda c, kind=kind, key=key, details=details, closed=closed: c.execute(
+            "INSERT INTO alerts (deployment, kind, level, dedup_key, message, details, first_at, last_at, closed_at) "
+            "VALUES ('d', ?, 'warning', ?, 'm', ?, ?, ?, ?)", (kind, key, details, iso(T0 - 10), iso(T0 - 10), closed)))
+    old.close()
+    db = Database(path, MIGRATIONS, readers=1)
+    try:
+        keys = [k for (k,) in db.read(lambda c: c.execute("SELECT dedup_key FROM alerts ORDER BY id").fetchall())]
+        assert keys == ["data_drift:iris:1", "error_stream:m-2:12", "data_drift:2", "custom:1"]
+        mgr = AlertManager(db, clock=clock)
+        out = mgr.raise_alert("d", "data_drift", "warning", "again", {"model": "iris", "version": 1}, key="data_drift:iris:1", sinks=SINKS)
+        assert out.alert.id == 1 and out.alert.occurrences == 2
+        mgr.close(timeout_s=5)
+    finally:
+        db.close()
+
+
 def test_ack_is_audited(mgr, db):
     """An acknowledgement writes one audit entry (actor, action, target, before, after) in the same transaction; a refused one writes none."""
     a = mgr.raise_alert("d", "drift", "warning", "m", {}, sinks=SINKS).alert

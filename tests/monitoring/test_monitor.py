@@ -438,7 +438,8 @@ def test_a_deployment_name_reused_for_another_model_keeps_each_models_windows_ap
 
 def test_a_failed_window_pass_does_not_cost_new_labels_their_evaluation(appl: Appliance, monkeypatch):
     """Labels arrive, and the pass that should evaluate them fails in its drift windows: the evaluation still runs in
-    that pass, and when it is the evaluation that fails, the next pass runs it (the feedback is not marked seen)."""
+    that pass, and when it is the evaluation that fails, the next pass runs it (the feedback is not marked seen);
+    a failing streams step neither stops the evaluation nor makes it run again."""
     from shepherd.monitoring import feedback as fb
 
     answers = serve(appl, [reference_like(1, seed=i) for i in range(60)])
@@ -463,6 +464,13 @@ def test_a_failed_window_pass_does_not_cost_new_labels_their_evaluation(appl: Ap
     assert [e["n_labels"] for e in appl.events.performance("iris", None, None, 10)] == [60, 50]
     appl.monitor.tick()  # nothing new: no further evaluation
     assert len(appl.events.performance("iris", None, None, 10)) == 2
+
+    # the streams step failing does not make the evaluation run (and store a row) again each pass
+    fb.ingest(appl.events, appl.predlog, [fb.Label(answers[0]["id"], 1.0)])
+    monkeypatch.setattr(appl.monitor, "_streams_step", broken)
+    for _ in range(3):
+        appl.monitor.tick()
+    assert len(appl.events.performance("iris", None, None, 10)) == 3
 
 
 def test_each_drift_window_reports_the_performance_of_its_own_labelled_rows(appl: Appliance):
@@ -694,6 +702,8 @@ def test_reading_the_reference_of_a_version_not_loaded_stores_no_profile(client,
         ({"request_id": "a", "label": 1, "row": -1}, "row"),
         ({"request_id": "a", "label": 1, "labels": [{"request_id": "a", "label": 1}]}, "labels"),
         ({"row": 2, "labels": [{"request_id": "a", "label": 1}]}, "row"),
+        ({"row": None, "labels": [{"request_id": "a", "label": 1}]}, "row"),
+        ({"request_id": "a", "label": 1, "row": None}, "row"),
     ],
 )
 def test_bad_feedback_names_the_field(client, body, field):
