@@ -542,7 +542,7 @@ class Monitor:
                 f"{deployment}: {model} v{version} drifted in window {window_id}: {window['n_drifted']} of "
                 f"{window['n_evaluated']} features ({window['share']:.0%} >= {policy.drift.drift_share:.0%})",
                 {"model": model, "version": version, "window_id": window_id, "features": features[:50], "share": window["share"]},
-                key=f"data_drift:{model}:{version}",
+                key=_version_key("data_drift", model, version),
             )
 
     # -- performance ----------------------------------------------------------------------
@@ -595,7 +595,7 @@ class Monitor:
                 f"{result['baseline']:.4f} over {result['n_labels']} labelled requests",
                 {"model": model, "version": version, "metric": name, "baseline": result["baseline"], "current": result["current"],
                  "drop": drop, "n_labels": result["n_labels"]},
-                key=f"performance_drop:{model}:{version}",
+                key=_version_key("performance_drop", model, version),
             )
 
     # -- streaming detectors --------------------------------------------------------------
@@ -627,7 +627,7 @@ class Monitor:
                 self._alert(
                     deployment, "score_stream_drift", "warning", policy,
                     f"{deployment}: {model} v{version}: the prediction score stream changed (ADWIN / Page-Hinkley)",
-                    {"model": model, "version": version, "detections": hits}, key=f"score_stream:{model}:{version}",
+                    {"model": model, "version": version, "detections": hits}, key=_version_key("score_stream", model, version),
                 )
         if not new_feedback:
             return
@@ -643,7 +643,7 @@ class Monitor:
                 self._alert(
                     deployment, "error_stream_drift", "warning", policy,
                     f"{deployment}: {model} v{version}: the error rate changed ({type(state.error).__name__})",
-                    {"model": model, "version": version, "detections": hits}, key=f"error_stream:{model}:{version}",
+                    {"model": model, "version": version, "detections": hits}, key=_version_key("error_stream", model, version),
                 )
 
     # -- queries for the API and CLI -------------------------------------------------------
@@ -762,6 +762,12 @@ class Evaluated:
     def __init__(self, window: dict[str, Any], features: dict[str, np.ndarray]) -> None:
         self.window = window
         self.features = features
+
+
+def _version_key(prefix: str, model: str, version: int) -> str:
+    """The dedup key of an alert about one version of a deployment: the model is part of it, as a deployment's name may
+    serve another model whose versions count from 1 again (SQLite migration 6 moved open alerts' older keys to it)."""
+    return f"{prefix}:{model}:{version}"
 
 
 def _metrics(t: Targets, y: np.ndarray, truth: np.ndarray) -> dict[str, float | None] | None:

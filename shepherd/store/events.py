@@ -540,9 +540,9 @@ class EventStore:
         go on from the other model's (drift_windows' key is deployment, version and window id), and each model's
         windows resume after its own rows."""
         row = self.cursor().execute(
-            "SELECT (SELECT coalesce(max(window_id), 0) FROM drift_windows WHERE deployment = $1 AND version = $3), "
-            "(SELECT last_seq FROM drift_windows WHERE deployment = $1 AND model = $2 AND version = $3 ORDER BY window_id DESC LIMIT 1), "
-            "(SELECT end_ts FROM drift_windows WHERE deployment = $1 AND model = $2 AND version = $3 ORDER BY window_id DESC LIMIT 1)",
+            "SELECT (SELECT coalesce(max(window_id), 0) FROM drift_windows WHERE deployment = $1 AND version = $3), m.last_seq, m.end_ts "
+            "FROM (SELECT 1) LEFT JOIN (SELECT last_seq, end_ts FROM drift_windows WHERE deployment = $1 AND model = $2 AND version = $3 "
+            "ORDER BY window_id DESC LIMIT 1) m ON true",
             [deployment, model, version],
         ).fetchone()
         return int(row[0]), int(row[1] or 0), row[2]
