@@ -90,6 +90,7 @@ class StreamState:
         self.error = DDM() if classification else ADWIN()
         self.score_seq = 0
         self.error_received: datetime | None = None
+        self.feedback_seen = -1  # EventStore.feedback_generation when the error stream last ran through
 
 
 class KernelThread:
@@ -149,9 +150,9 @@ class Monitor:
         self._policies: dict[str, tuple[float | None, Path | None, Policy]] = {}
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._streams: dict[tuple[str, str, int], StreamState] = {}
-        # (deployment, model, version) -> EventStore.feedback_generation when its evaluation, and its error stream, last ran through
+        # (deployment, model, version) -> EventStore.feedback_generation when its evaluation last ran through (the error
+        # stream keeps its own in StreamState)
         self._evaluated: dict[tuple[str, str, int], int] = {}
-        self._streamed: dict[tuple[str, str, int], int] = {}
         # The error streams read labels received from now on: the detectors' state starts fresh in each
         # process, and replaying every stored label into them would raise an old incident again.
         self._labels_from = datetime.now(UTC)
@@ -386,8 +387,7 @@ class Monitor:
                         except Exception:
                             log.exception("monitor_performance_failed", deployment=deployment, model=model, version=version)
                     try:
-                        self._streams_step(deployment, model, version, policy, generation != self._streamed.get(key))
-                        self._streamed[key] = generation
+                        self._streams_step(deployment, model, version, policy, generation)
                     except Exception:
                         log.exception("monitor_streams_failed", deployment=deployment, model=model, version=version)
             self.g_pass.set(time.perf_counter() - started)
@@ -600,7 +600,9 @@ class Monitor:
 
     # -- streaming detectors --------------------------------------------------------------
 
-    def _streams_step(self, deployment: str, model: str, version: int, policy: Policy, new_feedback: bool) -> None:
+    def _streams_step(self, deployment: str, model: str, version: int, policy: Policy, generation: int) -> None:
+        """Feed the score stream its new rows and, when feedback arrived since it last ran through (`generation`:
+        EventStore.feedback_generation), the error stream its new labels."""
         layout = self.layout_of(model, version)
         t = targets(layout, policy.performance)
         key = (deployment, model, version)
@@ -629,7 +631,7 @@ class Monitor:
                     f"{deployment}: {model} v{version}: the prediction score stream changed (ADWIN / Page-Hinkley)",
                     {"model": model, "version": version, "detections": hits}, key=_version_key("score_stream", model, version),
                 )
-        if not new_feedback:
+        if generation == state.feedback_seen:
             return
         labelled = self.events.labelled_since(deployment, model, version, state.error_received)
         if labelled.num_rows and t.label_index is not None:
@@ -645,6 +647,7 @@ class Monitor:
                     f"{deployment}: {model} v{version}: the error rate changed ({type(state.error).__name__})",
                     {"model": model, "version": version, "detections": hits}, key=_version_key("error_stream", model, version),
                 )
+        state.feedback_seen = generation
 
     # -- queries for the API and CLI -------------------------------------------------------
 
